@@ -1,0 +1,213 @@
+"""Attribution: calibration sets in, a run (units table, channel means, manifest) out."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from .evaluation import generate
+from .data import CalibrationSet, DataError, Pair, load_pairs
+from .models import LoadedModel, load_model
+from .roles import Thresholds, classify
+from .scoring import Progress, block_scores, channel_stats, encode_sets
+
+POSITIONS = ("response", "prompt", "all")
+RESPONSES = ("given", "self")
+SPLITS = ("safety", "utility")
+UNIT_COLUMNS = ["layer", "module", "unit", "params", "score_safety", "score_utility", "z_safety", "z_utility",
+                "role"]
+
+
+@dataclass
+class Attribution:
+    """The result of scoring one model: what `save` writes to a run folder."""
+
+    units: pd.DataFrame
+    means: dict[str, torch.Tensor]
+    manifest: dict = field(default_factory=dict)
+    self_responses: list[dict] | None = None  # with responses="self": the model's own replies that were scored
+
+    def save(self, out: str | Path) -> Path:
+        """Write units.parquet, means.safetensors and manifest.json (and responses.jsonl with self responses);
+        each file appears whole or not at all."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+        try:
+            write_units(self.units, staging / "units.parquet")
+            save_file({k: v.contiguous() for k, v in sorted(self.means.items())}, str(staging / "means.safetensors"))
+            (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+            names = ["units.parquet", "means.safetensors", "manifest.json"]
+            if self.self_responses is not None:
+                (staging / "responses.jsonl").write_text(
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.self_responses))
+                names.append("responses.jsonl")
+            for name in names:
+                os.replace(staging / name, out / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return out
+
+
+def write_units(units: pd.DataFrame, path: Path) -> None:
+    """Parquet with the contract's column types; no pandas index, deterministic bytes."""
+    table = units[UNIT_COLUMNS].reset_index(drop=True)
+    table.to_parquet(path, index=False, compression="zstd")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "ssah-dashboard", "safetensors", "pandas"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def as_calibration_set(rows: Sequence[Pair] | CalibrationSet, split: str) -> CalibrationSet:
+    """Pairs given in memory become an unnamed calibration set, so every run records a content hash."""
+    if isinstance(rows, CalibrationSet):
+        return rows
+    rows = tuple(rows)
+    if not rows:
+        raise DataError(f"the {split} calibration set is empty")
+    return CalibrationSet(f"<{len(rows)} {split} pairs>", rows, "in memory")
+
+
+def attribute(loaded: LoadedModel, safety: Sequence[Pair] | CalibrationSet,
+              utility: Sequence[Pair] | CalibrationSet, *, batch_size: int = 8, max_length: int | None = None,
+              positions: str = "response", thresholds: Thresholds = Thresholds(), padding_side: str = "right",
+              seed: int = 0, progress: Progress | None = None) -> Attribution:
+    """Score every unit of a loaded model on a safety and a utility set and classify it."""
+    if positions not in POSITIONS:
+        raise DataError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    t0 = time.perf_counter()
+    sets = {split: as_calibration_set(rows, split) for split, rows in (("safety", safety), ("utility", utility))}
+    pairs = {split: list(s.pairs) for split, s in sets.items()}
+    sources = {split: s.name for split, s in sets.items()}
+    encoded = encode_sets(loaded, pairs, max_length, sources)
+    torch.manual_seed(seed)
+
+    t_forward = time.perf_counter()
+    stats = {split: channel_stats(loaded, encoded[split], positions=positions, batch_size=batch_size,
+                                  padding_side=padding_side, progress=progress, phase=f"forward {split}")
+             for split in SPLITS}
+    for split in SPLITS:
+        if all(s.n < 2 for s in stats[split].values()):
+            raise DataError(f"the {split} set has fewer than 2 counted tokens ({positions} positions); "
+                            "check that its responses are not empty")
+
+    t_score = time.perf_counter()
+    if progress:
+        progress("scoring", 0, 1)
+    scores = {split: block_scores(loaded, stats[split]) for split in SPLITS}
+    units = _units_table(scores)
+    units["role"] = classify(units.z_safety.to_numpy(), units.z_utility.to_numpy(), units.params.to_numpy(),
+                             thresholds)
+    means = {f"{split}.{key}": s.mean.float().cpu() for split in SPLITS for key, s in stats[split].items()}
+    if progress:
+        progress("scoring", 1, 1)
+    t_end = time.perf_counter()
+
+    datasets = {split: {"name": s.name, "hash": s.content_hash(), "source": s.source, "samples": len(s.pairs),
+                        "tokens_counted": int(next(iter(stats[split].values())).n)}
+                for split, s in sets.items()}
+    load_seconds = loaded.load_seconds
+    manifest = {
+        "model": loaded.describe(),
+        "datasets": datasets,
+        "thresholds": thresholds.as_dict(),
+        "seed": seed,
+        "positions": positions,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "device": str(loaded.device),
+        "versions": _versions(),
+        "roles": {r: int((units.role == r).sum()) for r in ("SCU", "UCU", "CU", "RU")},
+        "timings": {"load": round(load_seconds, 3), "forward": round(t_score - t_forward, 3),
+                    "score": round(t_end - t_score, 3), "total": round(t_end - t0 + load_seconds, 3)},
+    }
+    return Attribution(units, means, manifest)
+
+
+def _units_table(scores: dict[str, list]) -> pd.DataFrame:
+    """One row per unit in canonical order (layer, 'attn' before 'mlp', unit)."""
+    parts = []
+    for s_block, u_block in zip(scores["safety"], scores["utility"]):
+        block = s_block.block
+        n = block.n_units
+        parts.append(pd.DataFrame({
+            "layer": np.full(n, block.layer, dtype=np.int64),
+            "module": block.module,
+            "unit": np.arange(n, dtype=np.int64),
+            "params": block.params.astype(np.int64),
+            "score_safety": s_block.score.astype(np.float64),
+            "score_utility": u_block.score.astype(np.float64),
+            "z_safety": s_block.z.astype(np.float64),
+            "z_utility": u_block.z.astype(np.float64),
+        }))
+    units = pd.concat(parts, ignore_index=True)
+    units = units.sort_values(["layer", "module", "unit"], kind="stable").reset_index(drop=True)
+    return units
+
+
+def run_attribution(model: str, safety: str, utility: str, out: str | Path | None = None, *,
+                    samples: int | None = 128, max_length: int | None = None, batch_size: int = 8,
+                    device: str = "auto", dtype: str = "auto", seed: int = 0, positions: str = "response",
+                    responses: str = "given", self_max_new_tokens: int = 64,
+                    thresholds: Thresholds = Thresholds(), progress: Progress | None = None) -> Attribution:
+    """Everything `ssah attribute` does, for notebooks: load, score, classify and (if `out`) save.
+
+    responses="self" replaces each set's responses by the model's own greedy replies (the paper's setting:
+    the aligned model's varied refusals rather than one fixed text).
+    """
+    if samples is not None and samples < 1:
+        raise DataError(f"samples must be at least 1, got {samples}")
+    if responses not in RESPONSES:
+        raise DataError(f"responses must be one of {', '.join(RESPONSES)}, got {responses!r}")
+    safety_set = load_pairs(safety, samples=samples, seed=seed)
+    utility_set = load_pairs(utility, samples=samples, seed=seed)
+    if progress:
+        progress("loading model", 0, 1)
+    loaded = load_model(model, device=device, dtype=dtype)
+    if progress:
+        progress("loading model", 1, 1)
+    if responses == "self":
+        safety_set, utility_set = (self_answered(loaded, s, self_max_new_tokens, batch_size, progress)
+                                   for s in (safety_set, utility_set))
+    result = attribute(loaded, safety_set, utility_set, batch_size=batch_size, max_length=max_length,
+                       positions=positions, thresholds=thresholds, seed=seed, progress=progress)
+    result.manifest["responses"] = responses
+    if responses == "self":
+        result.manifest["self_max_new_tokens"] = self_max_new_tokens
+        result.self_responses = [{"split": split, "prompt": p.prompt, "response": p.response}
+                                 for split, s in (("safety", safety_set), ("utility", utility_set)) for p in s.pairs]
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def self_answered(loaded: LoadedModel, calibration: CalibrationSet, max_new_tokens: int, batch_size: int,
+                  progress: Progress | None) -> CalibrationSet:
+    """The same prompts answered by the model under study (greedy)."""
+    prompts = [p.prompt for p in calibration.pairs]
+    replies = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                       phase=f"answering {calibration.name}")
+    pairs = tuple(Pair(p, r) for p, r in zip(prompts, replies))
+    return CalibrationSet(f"{calibration.name}+self", pairs, f"{calibration.source}; responses by the model")
