@@ -211,3 +211,48 @@ def self_answered(loaded: LoadedModel, calibration: CalibrationSet, max_new_toke
                        phase=f"answering {calibration.name}")
     pairs = tuple(Pair(p, r) for p, r in zip(prompts, replies))
     return CalibrationSet(f"{calibration.name}+self", pairs, f"{calibration.source}; responses by the model")
+
+
+@dataclass
+class Run:
+    """A saved run folder, read back."""
+
+    folder: Path
+    units: pd.DataFrame
+    means: dict[str, torch.Tensor]
+    manifest: dict
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Counted tokens per calibration set (weights of the pooled mean)."""
+        return {k: int(v.get("tokens_counted", 1)) for k, v in self.manifest.get("datasets", {}).items()}
+
+
+def load_run(folder: str | Path) -> Run:
+    """Read a run folder written by `attribute`; a missing or broken file is a DataError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"no such run folder: {folder}")
+    paths = {name: folder / name for name in ("units.parquet", "means.safetensors", "manifest.json")}
+    for name, path in paths.items():
+        if not path.exists():
+            raise DataError(f"{folder} is not a run folder: {name} is missing")
+    try:
+        units = pd.read_parquet(paths["units.parquet"])
+    except Exception as e:
+        raise DataError(f"{paths['units.parquet']} is not readable Parquet: {e}") from None
+    missing = [c for c in UNIT_COLUMNS if c not in units.columns]
+    if missing:
+        raise DataError(f"{paths['units.parquet']} lacks columns {missing}")
+    try:
+        means = load_file(str(paths["means.safetensors"]))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{paths['means.safetensors']} is not readable safetensors: {e}") from None
+    try:
+        manifest = json.loads(paths["manifest.json"].read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{paths['manifest.json']} is not readable JSON: {e}") from None
+    return Run(folder, units, means, manifest)
