@@ -8,9 +8,6 @@ pooled).
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .models import Block, LoadedModel, UnitMap
+from .models import Block, LoadedModel, UnitMap, save_folder
 
 GROUPS = ("SCU", "UCU", "CU", "RU")
 REFERENCES = ("safety", "utility", "pooled", "zero")
@@ -65,6 +62,39 @@ class GroupSpec:
         if not groups and not cu_fraction and not random:
             raise InterventionError(f"no unit group in {text!r}; use e.g. SCU or SCU,CU:0.06")
         return cls(tuple(dict.fromkeys(groups)), cu_fraction, random)
+
+
+def check_same_model(units: pd.DataFrame, unit_map: UnitMap) -> None:
+    """Refuse a units table whose blocks, unit counts or per-unit parameters differ from the model's."""
+    arch = unit_map.architecture
+    expected = {(b.layer, b.module): b for b in unit_map.blocks}
+    got = {(int(layer), str(module)): rows for (layer, module), rows in units.groupby(["layer", "module"])}
+    extra, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
+    if extra or missing:
+        what = (f"{extra[0][1]} layer {extra[0][0]}, which the {arch} model lacks" if extra
+                else f"no {missing[0][1]} layer {missing[0][0]}, which the {arch} model has")
+        raise InterventionError(f"the run was made on another model: it has {what} "
+                                f"({len(got)} blocks in the run, {len(expected)} in the model)")
+    for key, block in expected.items():
+        rows = got[key].sort_values("unit")
+        n, params = len(rows), int(rows.params.sum())
+        if n != block.n_units or not (rows.unit.to_numpy() == np.arange(block.n_units)).all() \
+                or not (rows.params.to_numpy() == block.params).all():
+            raise InterventionError(
+                f"the run was made on another model: {key[1]} layer {key[0]} has {n} units of {params} parameters "
+                f"in the run but {block.n_units} units of {int(block.params.sum())} in the {arch} model")
+
+
+def choose(units: pd.DataFrame, spec: GroupSpec, seed: int = 0, reference: str | None = None) -> pd.DataFrame:
+    """The units a group spec names; with `random`, a seeded random set of the same parameter mass per module
+    as the named groups (or as SCU when `random` stands alone: the paper's control for pruning SCU)."""
+    chosen = select(units, spec.groups, cu_fraction=spec.cu_fraction, reference=reference)
+    if spec.random:
+        like = chosen if (spec.groups or spec.cu_fraction) else select(units, ["SCU"])
+        if like.empty:
+            raise InterventionError("'random' needs groups to match in parameter mass, e.g. SCU,random")
+        chosen = random_like(units, like, seed=seed, reference=reference or "pooled")
+    return chosen
 
 
 def check_fraction(value, name: str) -> float:
@@ -306,20 +336,7 @@ def pruned_copy(loaded: LoadedModel, selection: pd.DataFrame, means: dict[str, t
 def export_pruned(loaded: LoadedModel, selection: pd.DataFrame, means: dict[str, torch.Tensor], out: str | Path,
                   *, tokens: dict[str, int] | None = None) -> Path:
     """Save the pruned model as a plain Hugging Face folder (written atomically)."""
-    out = Path(out)
-    model = pruned_copy(loaded, selection, means, tokens=tokens)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return save_folder(pruned_copy(loaded, selection, means, tokens=tokens), loaded.tokenizer, out)
 
 
 # ----------------------------------------------------------------------------------------------------------------

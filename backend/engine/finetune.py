@@ -1,0 +1,311 @@
+"""Fine-tuning with frozen units, and the alignment budget (SSAH, Li & Kim 2410.10862, DESIGN.md step 7).
+
+Freezing keeps the entries a unit owns (its A rows and B columns, and GQA keys/values it reads) bit-identical
+while everything else trains; the alignment budget is the inverse: only the entries of one group (e.g. RU) train
+and every other parameter, embeddings and norms included, stays as it was. The loss is next-token cross-entropy
+on response tokens only.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .data import DataError, EncodedPair, Pair, count_mask, encode_pairs
+from .interventions import GroupSpec, InterventionError, check_same_model, choose, unit_masks
+from .models import LoadedModel, save_folder
+from .scoring import Progress, pad_batch
+
+IGNORE = -100  # label of tokens that do not count (prompt and padding)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Plain AdamW on response tokens. `warmup_steps`: linear warm-up, then constant lr. Weight decay is
+    decoupled and applied only to trainable entries of matrices (not biases or norms, as the HF Trainer does)."""
+
+    steps: int
+    lr: float = 1e-4
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    max_length: int | None = None  # default: the model's context size; longer pairs are refused, not cut
+    max_grad_norm: float | None = 1.0
+    warmup_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        def bad(name: str, rule: str):
+            raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.steps, int) or self.steps < 1:
+            bad("steps", "an integer of at least 1")
+        if not _finite(self.lr) or self.lr <= 0:
+            bad("lr", "a positive number")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            bad("batch_size", "an integer of at least 1")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            bad("weight_decay", "a number of at least 0")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
+            bad("max_length", "an integer of at least 2")
+        if self.max_grad_norm is not None and (not _finite(self.max_grad_norm) or self.max_grad_norm <= 0):
+            bad("max_grad_norm", "a positive number or None")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            bad("warmup_steps", "an integer of at least 0")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masks
+
+
+def trainable_masks(loaded: LoadedModel, run_units: pd.DataFrame, *, freeze: GroupSpec | None = None,
+                    train_only: GroupSpec | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-parameter bool masks, True = trainable, for every parameter of the model.
+
+    freeze: the entries the selection owns are frozen (GQA keys/values when any head of their group is picked),
+    everything else trains. train_only (the alignment budget): only the entries the selection owns train (GQA
+    keys/values only when every head of their group is picked); embeddings, norms, the LM head and all other units
+    are frozen. A parameter that is wholly trainable or wholly frozen gets a 0-dim mask (it broadcasts).
+    With `random` in the spec, a seeded random set of the same parameter mass per module replaces the groups.
+    """
+    if (freeze is None) == (train_only is None):
+        raise InterventionError("give exactly one of freeze (units to keep) or train_only (the alignment budget)")
+    check_same_model(run_units, loaded.units)
+    spec = freeze if freeze is not None else train_only
+    chosen = choose(run_units, spec, seed)
+    owned = unit_masks(loaded.model, loaded.units, chosen, shared="any" if freeze is not None else "all")
+    masks = {}
+    for name, p in loaded.model.named_parameters():
+        mask = owned.get(name)
+        if mask is None:
+            masks[name] = torch.tensor(freeze is not None, device=p.device)
+            continue
+        mask = ~mask if freeze is not None else mask
+        masks[name] = torch.tensor(bool(mask.all()), device=p.device) if mask.all() or not mask.any() else mask
+    return masks
+
+
+def count_trainable(model: torch.nn.Module, masks: dict[str, torch.Tensor] | None) -> tuple[int, int]:
+    """(trainable, frozen) parameter entries under `masks` (None: everything trains)."""
+    trainable = total = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        m = masks[name] if masks is not None else None
+        trainable += p.numel() if m is None else (int(m.sum()) if m.dim() else p.numel() * bool(m))
+    return trainable, total - trainable
+
+
+def _check_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing, unknown = sorted(set(params) - set(masks)), sorted(set(masks) - set(params))
+    if missing or unknown:
+        first = f"missing {missing[0]}" if missing else f"unknown {unknown[0]}"
+        more = " and others" if len(missing) + len(unknown) > 1 else ""
+        raise ValueError(f"masks do not fit this model: {first}{more}; make them with trainable_masks")
+    for name, m in masks.items():
+        if m.dtype != torch.bool or (m.dim() and m.shape != params[name].shape):
+            raise ValueError(f"mask of {name} must be a bool tensor of shape {tuple(params[name].shape)} or 0-dim, "
+                             f"got {m.dtype} {tuple(m.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _encode(loaded: LoadedModel, pairs: Sequence[Pair], max_length: int | None) -> tuple[list[EncodedPair], int]:
+    """Encoded pairs with at least one response token, and how many were skipped for having none."""
+    if not pairs:
+        raise DataError("the fine-tuning set is empty; it needs prompt/response pairs")
+    if max_length is None:
+        max_length = getattr(loaded.model.config, "max_position_embeddings", None)
+    encoded = encode_pairs(loaded.tokenizer, pairs, max_length=max_length, source="fine-tuning set")
+    kept = [e for e in encoded if e.response_len > 0]
+    if not kept:
+        raise DataError("no pair of the fine-tuning set has a response token to learn; check the responses")
+    return kept, len(encoded) - len(kept)
+
+
+def _batch(loaded: LoadedModel, rows: Sequence[EncodedPair]):
+    pad_id = loaded.tokenizer.pad_token_id
+    ids, attention, positions, counted = pad_batch(
+        [e.input_ids for e in rows], [count_mask(e, "response") for e in rows], 0 if pad_id is None else pad_id,
+        "right", loaded.device)
+    return ids, attention, positions, ids.masked_fill(~counted, IGNORE)
+
+
+def _response_loss(model, ids, attention, positions, labels, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (response) tokens: logits at t predict the token at t + 1."""
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+                           reduction=reduction)
+
+
+@torch.no_grad()
+def response_loss(loaded: LoadedModel, pairs: Sequence[Pair], *, batch_size: int = 8,
+                  max_length: int | None = None) -> float:
+    """Mean cross-entropy per response token over `pairs` (eval mode, no dropout), e.g. before and after training."""
+    encoded, _ = _encode(loaded, pairs, max_length)
+    was_training = loaded.model.training
+    loaded.model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for i in range(0, len(encoded), batch_size):
+            ids, attention, positions, labels = _batch(loaded, encoded[i:i + batch_size])
+            total += float(_response_loss(loaded.model, ids, attention, positions, labels, reduction="sum"))
+            tokens += int((labels[:, 1:] != IGNORE).sum())
+    finally:
+        loaded.model.train(was_training)
+    return total / tokens
+
+
+def _batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Seeded batches: pass after pass over a fresh permutation, `batch_size` samples at a time (at most n)."""
+    rng = random.Random(seed)
+    size = min(batch_size, n)
+    stream: list[int] = []
+    out = []
+    for _ in range(steps):
+        while len(stream) < size:
+            order = list(range(n))
+            rng.shuffle(order)
+            stream += order
+        out.append(stream[:size])
+        stream = stream[size:]
+    return out
+
+
+class _Frozen:
+    """Keeps frozen entries bit-identical: zeroed gradients, no decay, and restored after every step."""
+
+    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor] | None):
+        self.params = dict(model.named_parameters())
+        self.flags = {name: p.requires_grad for name, p in self.params.items()}
+        self.partial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (frozen mask, saved values)
+        self.hooks = []
+        for name, p in self.params.items():
+            m = None if masks is None else masks[name].to(p.device)
+            if m is None or (m.dim() == 0 and bool(m)):
+                p.requires_grad_(True)
+            elif m.dim() == 0:
+                p.requires_grad_(False)
+            else:
+                frozen = ~m
+                self.partial[name] = frozen, p.detach()[frozen].clone()
+                p.requires_grad_(True)
+                self.hooks.append(p.register_hook(lambda g, frozen=frozen: g.masked_fill(frozen, 0)))
+
+    @property
+    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.params.items() if p.requires_grad]
+
+    @torch.no_grad()
+    def decay(self, lr: float, weight_decay: float) -> None:
+        """Decoupled weight decay (AdamW's p -= lr * wd * p) on trainable entries of matrices only."""
+        if weight_decay == 0:
+            return
+        for name, p in self.trainable:
+            if p.dim() < 2:
+                continue
+            if name in self.partial:
+                p.mul_(torch.where(self.partial[name][0], 1.0, 1 - lr * weight_decay).to(p.dtype))
+            else:
+                p.mul_(1 - lr * weight_decay)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for name, (frozen, saved) in self.partial.items():
+            self.params[name].masked_scatter_(frozen, saved)
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        for name, p in self.params.items():
+            p.requires_grad_(self.flags[name])
+
+
+def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.Tensor] | None,
+             config: FinetuneConfig, *, progress: Progress | None = None) -> dict:
+    """Train `loaded.model` in place on response tokens, only where `masks` is True (None: full fine-tuning).
+
+    Trains in train mode (dropout as the config sets it, seeded) and hands the model back in its old mode.
+    Returns a log: loss per step, lr per step, trainable and frozen parameter entries, tokens, seconds.
+    The same seed, data and masks give the same weights (on CPU; CUDA kernels may add float noise).
+    """
+    t0 = time.perf_counter()
+    model = loaded.model
+    dtype = next(model.parameters()).dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        warnings.warn(f"fine-tuning {dtype} weights in place: AdamW steps smaller than the format's resolution "
+                      "are lost; load the model in float32 to fine-tune", stacklevel=2)
+    if masks is not None:
+        _check_masks(model, masks)
+    trainable_count, frozen_count = count_trainable(model, masks)
+    if trainable_count == 0:
+        raise InterventionError("nothing to train: the masks freeze every parameter (is the group empty?)")
+    encoded, skipped = _encode(loaded, pairs, config.max_length)
+    plan = _batch_order(len(encoded), config.batch_size, config.steps, config.seed)
+
+    frozen = _Frozen(model, masks)
+    was_training = model.training
+    devices = [loaded.device] if loaded.device.type == "cuda" else []
+    losses, lrs, tokens = [], [], 0
+    try:
+        with torch.random.fork_rng(devices=devices):  # dropout is seeded without touching the caller's RNG
+            torch.manual_seed(config.seed)
+            optimizer = torch.optim.AdamW([p for _, p in frozen.trainable], lr=config.lr, weight_decay=0.0)
+            model.train()
+            for step, idx in enumerate(plan):
+                lr = config.lr * min(1.0, (step + 1) / (config.warmup_steps + 1))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                ids, attention, positions, labels = _batch(loaded, [encoded[i] for i in idx])
+                loss = _response_loss(model, ids, attention, positions, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_([p for _, p in frozen.trainable], config.max_grad_norm)
+                frozen.decay(lr, config.weight_decay)
+                optimizer.step()
+                frozen.restore()
+                losses.append(float(loss.detach()))
+                lrs.append(lr)
+                tokens += int((labels[:, 1:] != IGNORE).sum())
+                if not math.isfinite(losses[-1]):
+                    raise FloatingPointError(f"the loss became {losses[-1]} at step {step + 1}; lower lr")
+                if progress:
+                    progress("fine-tuning", step + 1, config.steps)
+    finally:
+        frozen.close()
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    return {"config": config.as_dict(), "loss": losses, "lr": lrs, "steps": config.steps,
+            "trainable_params": trainable_count, "frozen_params": frozen_count,
+            "trainable_fraction": trainable_count / (trainable_count + frozen_count),
+            "dtype": str(dtype).removeprefix("torch."), "samples": len(encoded), "skipped_empty": skipped, "tokens": tokens,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_model(loaded: LoadedModel, out: str | Path) -> Path:
+    """Save the (fine-tuned) model and its tokenizer as a plain Hugging Face safetensors folder, atomically:
+    `out` is either the old folder or the complete new one, never half written."""
+    return save_folder(loaded.model, loaded.tokenizer, out)
+
+
