@@ -277,22 +277,21 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if config.model_type not in SUPPORTED_ARCHITECTURES:
         raise ModelError(f"architecture {config.model_type!r} of {gguf} is not supported; "
                          f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        quantised, info = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                               output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # e.g. a tokenizer type or tensor layout transformers cannot read
+        raise ModelError(f"cannot read GGUF file {gguf}: {e}") from None
+    if info.get("missing_keys"):  # transformers would fill them with random weights
+        missing = sorted(info["missing_keys"])
+        raise ModelError(f"GGUF file {gguf} lacks tensors for {len(missing)} parameters "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict(), strict=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return save_folder(plain, tokenizer, out)
 
 
 def builtin_folder(name: str) -> Path:
@@ -335,11 +334,21 @@ def resolve(spec: str) -> Path:
                      "(or give a local folder, a .gguf file or a cached hub id)")
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as the environment names it *now* (HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME,
+    XDG_CACHE_HOME): huggingface_hub reads these once, when it is first imported."""
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    hub = (os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+           or os.path.join(os.path.expandvars(os.path.expanduser(home)), "hub"))
+    return Path(os.path.expandvars(os.path.expanduser(hub)))
+
+
 def _hub_cache_folder(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, cache_dir=hub_cache_dir(), local_files_only=True))
     except Exception:
         return None
 
@@ -402,3 +411,30 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
 def list_builtin() -> list[dict]:
     return [{"name": n, "description": s["description"], "package": f"{s['package']}=={s['version']}"}
             for n, s in BUILTIN_MODELS.items()]
+
+
+def save_folder(model: torch.nn.Module, tokenizer, out: str | Path) -> Path:
+    """Write model + tokenizer to a temp folder beside `out`, then swap it in. An existing `out` is replaced
+    only when it is a model folder (has config.json) or empty, so a mistyped path never deletes a user's files."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
+        raise ValueError(f"{out} exists and is not a model folder; give a new or empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = None
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "folder")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "folder").exists() and not out.exists():
+            os.replace(old / "folder", out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
