@@ -15,7 +15,13 @@ import torch
 
 from backend.engine.data import Pair, count_mask, encode_pairs
 
-LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}
+# Llama-style layouts: self_attn.{q,k,v,o}_proj (or Phi-3's fused qkv_proj), mlp.{gate,up,down}_proj (or gate_up_proj).
+# Qwen3, Gemma-3 and OLMo-2 add q_norm / k_norm (per head, or over all heads in OLMo-2): no unit owns them, like the
+# layer norms; `parameter_accounting` checks that nothing else inside a block is left out.
+LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "smollm3", "olmo2"}
+# Parameters inside an attention / MLP module that belong to no unit: norms, and the biases of B (added after the
+# scored input, so no channel owns them).
+_NON_UNIT_LEAVES = ("o_proj.bias", "down_proj.bias", "c_proj.bias", "dense.bias", "dense_4h_to_h.bias")
 THRESHOLDS = dict(h_ru=0.10, h_scu=0.01, h_ucu=0.05)
 
 
@@ -183,6 +189,14 @@ def parameter_accounting(model: torch.nn.Module) -> dict[str, int]:
     missing = partitioned - set(names)
     assert not missing, f"unit map names tensors the model lacks: {sorted(missing)}"
     others = sum(p.numel() for n, p in names.items() if n not in partitioned)  # embeddings, norms, B biases...
+    block_modules = {n.rsplit(".", 2)[0] for n in partitioned}  # e.g. model.layers.0.self_attn
+    for n in names:
+        inside = any(n.startswith(m + ".") for m in block_modules)
+        if inside and n not in partitioned:
+            owner, leaf = n.rsplit(".", 2)[-2:]
+            assert "norm" in owner or f"{owner}.{leaf}" in _NON_UNIT_LEAVES, (
+                f"{n} lies inside a scored block but the reference neither splits it among units nor knows it "
+                "as a norm or a B bias")
     remainder = sum(b.remainder for b in bl)
     return dict(unit=unit, non_unit=others + remainder, remainder=remainder, total=model.num_parameters())
 

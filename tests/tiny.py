@@ -4,6 +4,7 @@
 ChatML-like chat template) that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load. Weights are drawn
 from a seeded generator with fan-in scaling and random norm weights and biases, so activations vary from token to
 token and from channel to channel. `tiny_pairs` makes varied prompt/response pairs for calibration.
+`write_gguf(folder, path)` writes a tiny Llama folder as a llama.cpp GGUF file (F32 tensors).
 """
 from __future__ import annotations
 
@@ -52,6 +53,20 @@ _CONFIGS: dict[str, tuple[str, dict]] = {
     "gpt2": ("GPT2Config", dict(n_embd=32, n_inner=96, n_layer=2, n_head=4, n_positions=256)),
     "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4)),
+    # (added later; kept last so that the seeds `ARCHS.index(arch)` of the earlier models stay the same)
+    # Gemma-3: per-head q/k RMS norms (1 + w), a sliding window on all but the last layer, a local rope base.
+    "gemma3_text": ("Gemma3TextConfig", dict(hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                             query_pre_attn_scalar=12, sliding_window=20,
+                                             layer_types=["sliding_attention", "sliding_attention",
+                                                          "full_attention"])),
+    # SmolLM3: Llama layout with rope skipped on some layers (no_rope_layers: 1 = rope, 0 = none).
+    "smollm3": ("SmolLM3Config", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                      num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                                      no_rope_layers=[1, 1, 0])),
+    # OLMo-2: q/k RMS norms over all heads together (q_norm has heads * d_h entries), norms after the blocks.
+    "olmo2": ("Olmo2Config", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)),
 }
 ARCHS: list[str] = list(_CONFIGS)
 
@@ -208,3 +223,90 @@ def make_tiny(arch: str, folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- GGUF
+
+# Hugging Face -> llama.cpp tensor names of a Llama model (llama.cpp's convert_hf_to_gguf.py / gguf's TensorNameMap).
+_GGUF_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+_GGUF_LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm",
+               "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+
+
+def _llama_cpp_permute(w, n_head: int, n_head_kv: int):
+    """llama.cpp stores q and k rows of each head with the two rotary halves interleaved (convert_hf_to_gguf.py's
+    `LlamaModel.permute`); transformers undoes this when it reads the file."""
+    if n_head_kv != n_head:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(folder: Path, path: Path, *, drop: tuple[str, ...] = (), tokenizer_model: str = "gpt2") -> Path:
+    """Write the Llama model in `folder` (e.g. `make_tiny("llama-gqa", ...)`, no biases) as a GGUF file of F32
+    tensors with llama.cpp's names and metadata, and its byte-level BPE tokenizer as `tokenizer.ggml.*` metadata.
+    `drop` leaves out the GGUF tensors of those names and `tokenizer_model` overrides `tokenizer.ggml.model`, to
+    make broken files."""
+    import json
+
+    import gguf
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    folder, path = Path(folder), Path(path)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    cfg = model.config
+    if cfg.model_type != "llama" or getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ValueError("write_gguf writes Llama models without biases only")
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    # tokenizer: the vocabulary in id order, token types, merges "a b", special ids, chat template
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    special = set(tokenizer.all_special_ids)
+    merges = json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
+    w.add_tokenizer_model(tokenizer_model)
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
+    w.add_chat_template(tokenizer.chat_template)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # llama.cpp ties the output to token_embd when output.weight is absent
+        a = t.detach().numpy().astype(np.float32)
+        if name in _GGUF_TOP:
+            gname = _GGUF_TOP[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)  # model.layers.{i}.{module}.{leaf}
+            module, leaf = rest.rsplit(".", 1)
+            gname = f"blk.{layer}.{_GGUF_LAYER[module]}.{leaf}"
+            if module == "self_attn.q_proj":
+                a = _llama_cpp_permute(a, cfg.num_attention_heads, cfg.num_attention_heads)
+            elif module == "self_attn.k_proj":
+                a = _llama_cpp_permute(a, cfg.num_attention_heads, cfg.num_key_value_heads)
+        if gname not in drop:
+            w.add_tensor(gname, np.ascontiguousarray(a))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
