@@ -143,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="built-in calibration and evaluation sets")
     dsub = data.add_subparsers(dest="action", required=True)
     dsub.add_parser("list", help="list built-in sets")
+
+    serve = sub.add_parser("serve", help="the REST API with a local worker (settings from SSAH_* variables)")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1); on an address that is not "
+                                                    "loopback every request needs a token (ssah tokens create)")
+    serve.add_argument("--port", type=_positive("--port", 65535), default=None, help="default 8000")
+
+    tokens = sub.add_parser("tokens", help="bearer tokens of the service")
+    tsub = tokens.add_subparsers(dest="action", required=True)
+    tcreate = tsub.add_parser("create", help="make a write token; it is printed once and stored hashed")
+    tcreate.add_argument("--name", required=True, help="who or what uses it")
+    tcreate.add_argument("--expires-in-days", type=float, default=None, help="default: no expiry")
+    tsub.add_parser("list", help="list tokens (names, scopes, expiry; never the tokens)")
+    trevoke = tsub.add_parser("revoke", help="revoke tokens by id or name")
+    trevoke.add_argument("token", help="id or name")
     return parser
 
 
@@ -330,6 +344,55 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.api.app import create_app
+    from backend.api.settings import Settings
+
+    settings = Settings(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}"
+    print(f"ssah: serving {url}  (API {url}/api/v1, docs {url}/docs; default model {settings.default_model}; "
+          f"database {settings.database_url}; runs in {settings.runs_dir})", flush=True)
+    if not settings.loopback:
+        print("ssah: not a loopback address, so every request needs a token: ssah tokens create --name NAME",
+              flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from backend.api.settings import Settings
+    from backend.store import tokens
+    from backend.store.db import make_engine, session_factory
+    from backend.store.models import utcnow
+
+    sessions = session_factory(make_engine(Settings().database_url))
+    with sessions.begin() as session:
+        if args.action == "create":
+            expires = utcnow() + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+            token, plain = tokens.create_token(session, args.name, scope="write", expires_at=expires)
+            print(plain)
+            print(f"token {token.id} ({args.name}): shown once, stored hashed; send it as "
+                  "'Authorization: Bearer <token>'", file=sys.stderr)
+        elif args.action == "list":
+            for t in tokens.list_tokens(session):
+                state = "revoked" if t.revoked else ("expired" if t.expires_at and t.expires_at <= utcnow()
+                                                     else "active")
+                scope = f"read run {t.run_id}" if t.run_id else t.scope
+                expires = t.expires_at.isoformat(timespec="seconds") if t.expires_at else "never"
+                print(f"{t.id}  {state:<8} {scope:<42} expires {expires:<25} {t.name}")
+        else:
+            count = tokens.revoke(session, args.token)
+            if not count:
+                raise ValueError(f"no active token with id or name {args.token!r}")
+            print(f"revoked {count} token(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -337,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     from backend.engine.models import ModelError
 
     handlers = {"attribute": cmd_attribute, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-                "compare": cmd_compare, "models": cmd_models, "data": cmd_data}
+                "compare": cmd_compare, "models": cmd_models, "data": cmd_data, "serve": cmd_serve,
+                "tokens": cmd_tokens}
     try:
         return handlers[args.command](args)
     except (DataError, ModelError, ValueError) as e:

@@ -1,0 +1,136 @@
+"""The FastAPI app: `create_app(settings)` serves the REST contract under /api/v1 (OpenAPI at /docs).
+
+Start-up is light (no torch): the app opens the database, fails jobs whose worker was lost, starts the runner and
+imports the engine in the background. Other apps (the Dash dashboard) are mounted beside the API with `mounts`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.jobs import Runner, make_runner
+from backend.jobs.runner import recover_lost_jobs
+from backend.store.db import make_engine, session_factory
+from backend.store.results import Results, UnitsCache
+
+from .routes import catalog, jobs, runs, shares
+from .settings import Settings
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger("ssah.api")
+
+
+def _preload_engine() -> None:
+    """Import torch and the engine once, off the request path, so the first request that needs them is quick."""
+    try:
+        import backend.engine.data  # noqa: F401
+        import backend.engine.roles  # noqa: F401
+    except Exception:
+        log.exception("could not import the engine")
+
+
+class BodyLimit:
+    """413 (as JSON) for a request body over `max_bytes`, whether it says its length or streams chunks."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse({"detail": self.detail}, status_code=413)
+
+    @property
+    def detail(self) -> str:
+        return f"the request body is over the limit of {self.max_bytes} bytes (SSAH_MAX_BODY_BYTES)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._too_large()(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, detail=self.detail)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except HTTPException as error:
+            if error.status_code != 413 or started:
+                raise
+            await self._too_large()(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, runner: Runner | None = None,
+               mounts: Mapping[str, ASGIApp] | None = None) -> FastAPI:
+    """The service. `runner` defaults to the one the settings name; `mounts` maps paths to ASGI apps served
+    beside the API (e.g. {"/": dashboard}; wrap a WSGI app with a2wsgi's WSGIMiddleware)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        lost = recover_lost_jobs(state.sessions, state.results, settings.lost_after_s)
+        if lost:
+            log.warning("failed %d job(s) whose worker was lost: %s", len(lost), ", ".join(lost))
+        state.results.clean_partials(keep=_running_run_ids(state.sessions))
+        if settings.preload_engine:
+            threading.Thread(target=_preload_engine, name="ssah-preload", daemon=True).start()
+        state.runner.start()
+        try:
+            yield
+        finally:
+            state.runner.stop()
+
+    app = FastAPI(title="ssah-dashboard", version="1", lifespan=lifespan,
+                  summary="Score, classify, prune and freeze the units of a causal LM (Superficial Safety "
+                          "Alignment Hypothesis).")
+    engine = make_engine(settings.database_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = session_factory(engine)
+    app.state.results = Results(settings.runs_dir)
+    app.state.units = UnitsCache()
+    app.state.runner = runner if runner is not None else make_runner(settings)
+
+    for module in (runs, jobs, shares, catalog):
+        app.include_router(module.router, prefix=API_PREFIX)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+    for path, mounted in (mounts or {}).items():
+        app.mount(path, mounted)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _running_run_ids(sessions) -> set[str]:
+    from sqlalchemy import select
+
+    from backend.store.models import Job
+
+    with sessions() as session:
+        return set(session.scalars(select(Job.run_id).where(Job.status == "running", Job.run_id.is_not(None))))

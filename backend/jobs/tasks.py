@@ -1,0 +1,209 @@
+"""What each kind of job does on the engine: attribution, preview and fine-tune.
+
+A task reads its inputs from the job's request (checked by the API) and its run, reports progress, and returns an
+Outcome; files are written under a staging name and renamed into place, so a cancelled or killed job leaves no
+half-written folder behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.engine import Thresholds, attribute, load_model, reclassify
+from backend.engine.attribution import load_run, self_answered
+from backend.engine.data import DataError, load_pairs
+from backend.engine.finetune import FinetuneConfig, finetune, save_model, trainable_masks
+from backend.engine.interventions import GroupSpec, InterventionError, choose
+from backend.engine.models import ModelError
+from backend.engine.preview import preview
+from backend.store.models import Run
+from backend.store.queue import cached_run
+from backend.store.results import PARTIAL
+
+from .worker import Context, JobLost, Reporter, _free_memory
+
+
+@dataclass
+class Outcome:
+    result: dict | None = None  # stored in the job (previews, fine-tunes)
+    run_fields: dict | None = None  # written to the run (attribution)
+    undo: Callable[[], None] = field(default=lambda: None)  # removes what was published, if the job was dropped
+
+
+def describe_error(error: Exception) -> str:
+    """The message a user sees for a failed job: the engine's own words for bad input, else the type too."""
+    if isinstance(error, (DataError, ModelError, InterventionError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _run(ctx: Context, run_id: str) -> Run:
+    with ctx.sessions() as session:
+        run = session.get(Run, run_id)
+    if run is None:
+        raise JobLost(f"run {run_id} was deleted")
+    return run
+
+
+def group_spec(groups: dict) -> GroupSpec:
+    return GroupSpec(tuple(groups.get("groups", ())), float(groups.get("cu_fraction", 0.0)),
+                     bool(groups.get("random", False)))
+
+
+def units_at(units, groups: dict):
+    """The run's units, with roles recomputed when the groups name their own thresholds."""
+    if groups.get("thresholds"):
+        return reclassify(units, Thresholds(**groups["thresholds"]))
+    return units
+
+
+def group_label(groups: dict) -> str:
+    """`SCU,CU:0.06`, `random (seed 0)`: the groups as the CLI writes them."""
+    parts = list(groups.get("groups", ()))
+    if groups.get("cu_fraction"):
+        parts.append(f"CU:{groups['cu_fraction']:g}")
+    if groups.get("random"):
+        parts.append("random")
+    label = ",".join(parts)
+    return f"{label} (seed {groups.get('seed', 0)})" if groups.get("random") else label
+
+
+def prompt_sets(names: list[str], limit: int, paths: dict[str, str]) -> dict[str, list[str]]:
+    """The first `limit` prompts of each set, keyed by the name the user gave."""
+    return {name: [p.prompt for p in load_pairs(paths.get(name, name)).pairs[:limit]] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_attribution(ctx: Context, job, progress: Reporter) -> Outcome:
+    run = _run(ctx, job.run_id)
+    s = run.settings
+    with ctx.sessions() as session:  # an equal run may have finished while this one was queued
+        source = cached_run(session, run.cache_key)
+    if source is not None and ctx.results.folder(source.result_dir).is_dir():
+        name = ctx.results.copy(source.result_dir, run.id)
+        return Outcome(run_fields={"result_dir": name, "manifest": source.manifest, "cached": True},
+                       undo=lambda: ctx.results.remove(name))
+
+    self_responses = s["responses"] == "self"
+    answering = [(f"answering {s['paths'][split]}", 15) for split in ("safety", "utility")] if self_responses else []
+    progress.set_plan([("loading data", 1), ("loading model", 4), *answering, ("forward safety", 40),
+                       ("forward utility", 40), ("scoring", 5), ("saving", 2)])
+    progress("loading data", 0, 1)
+    safety, utility = (load_pairs(s["paths"][split], samples=s["samples"], seed=s["seed"])
+                       for split in ("safety", "utility"))
+    progress("loading model", 0, 1)
+    loaded = ctx.models.get(run.model_path, s["model_hash"], ctx.device, ctx.settings.dtype)
+    progress("loading model", 1, 1)
+    if self_responses:  # as engine.run_attribution does, with the worker's cached model
+        safety, utility = (self_answered(loaded, part, s["self_max_new_tokens"], s["batch_size"], progress)
+                           for part in (safety, utility))
+    result = attribute(loaded, safety, utility, batch_size=s["batch_size"], max_length=s["max_length"],
+                       positions=s["positions"], thresholds=Thresholds(**s["thresholds"]), seed=s["seed"],
+                       progress=progress)
+    result.manifest["responses"] = s["responses"]
+    if self_responses:
+        result.manifest["self_max_new_tokens"] = s["self_max_new_tokens"]
+        result.self_responses = [{"split": split, "prompt": p.prompt, "response": p.response}
+                                 for split, part in (("safety", safety), ("utility", utility)) for p in part.pairs]
+    progress("saving", 0, 1)
+    staging = ctx.results.staging(run.id)
+    try:
+        result.save(staging)
+        name = ctx.results.publish(staging, run.id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Outcome(run_fields={"result_dir": name, "manifest": result.manifest},
+                   undo=lambda: ctx.results.remove(name))
+
+
+def run_preview(ctx: Context, job, progress: Reporter) -> Outcome:
+    request = job.request
+    prune, ev = request.get("prune"), request["eval"]
+    utility = 2 if ev.get("utility") else 0
+    progress.set_plan([("loading", 2), ("baseline: generating", 8), ("baseline: utility", utility),
+                       ("pruned: generating", 8 if prune else 0), ("pruned: utility", utility if prune else 0)])
+    run = _run(ctx, job.run_id)
+    progress("loading run", 0, 1)
+    saved = load_run(ctx.results.folder(run.result_dir))
+    harmful, benign = (prompt_sets(ev[kind], ev["limit"], ev["paths"]) for kind in ("harmful", "benign"))
+    utility_pairs = list(load_pairs(ev["paths"][ev["utility"]]).pairs[:ev["limit"]]) if ev.get("utility") else []
+    selection, label = None, ""
+    if prune:
+        selection = choose(units_at(saved.units, prune), group_spec(prune), seed=prune.get("seed", 0),
+                           reference=prune.get("reference"))
+        label = group_label(prune)
+    progress("loading model", 0, 1)
+    loaded = ctx.models.get(run.model_path, run.settings["model_hash"], ctx.device, ctx.settings.dtype)
+    result = preview(loaded, harmful, benign, run=saved, selection=selection, label=label,
+                     utility_pairs=utility_pairs, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                     progress=progress)
+    result["run_id"] = run.id
+    return Outcome(result=result)
+
+
+def run_finetune(ctx: Context, job, progress: Reporter) -> Outcome:
+    ev = job.request.get("eval")
+    progress.set_plan([("loading", 2), ("before", 5 if ev else 0), ("fine-tuning", 20), ("after", 5 if ev else 0),
+                       ("saving", 1)])
+    run = _run(ctx, job.run_id)
+    progress("loading model", 0, 1)
+    # a fresh float32 copy: fine-tuning changes the weights in place, and AdamW steps vanish in bfloat16
+    loaded = load_model(run.model_path, device=ctx.device, dtype="float32")
+    try:
+        report = _train_and_save(ctx, job, run, loaded, progress)
+    finally:
+        del loaded
+        _free_memory()
+    return Outcome(result=report, undo=lambda: shutil.rmtree(report["model"], ignore_errors=True))
+
+
+def _safety_check(loaded, ev: dict | None, tag: str, progress: Reporter) -> dict | None:
+    """Refusal and over-refusal of the model as it is now (the before/after of a fine-tune)."""
+    if not ev:
+        return None
+    harmful, benign = (prompt_sets(ev[kind], ev["limit"], ev["paths"]) for kind in ("harmful", "benign"))
+    return preview(loaded, harmful, benign, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                   progress=lambda p, d, t: progress(f"{tag}: {p}", d, t))["baseline"]
+
+
+def _train_and_save(ctx: Context, job, run: Run, loaded, progress: Reporter) -> dict:
+    request, ev = job.request, job.request.get("eval")
+    groups = request.get("freeze") or request.get("train_only")
+    data = load_pairs(request["paths"][request["data"]], samples=request.get("samples"), seed=request["seed"])
+    config = FinetuneConfig(steps=request["steps"], lr=request["lr"], batch_size=request["batch_size"],
+                            weight_decay=request["weight_decay"], seed=request["seed"])
+    masks, mode = None, "full"
+    if groups:
+        saved = load_run(ctx.results.folder(run.result_dir))
+        freeze = request.get("freeze") is not None
+        spec = group_spec(groups)
+        masks = trainable_masks(loaded, units_at(saved.units, groups), freeze=spec if freeze else None,
+                                train_only=None if freeze else spec, seed=groups.get("seed", 0))
+        mode = f"{'freeze' if freeze else 'train only'} {group_label(groups)}"
+    before = _safety_check(loaded, ev, "before", progress)
+    log = finetune(loaded, data.pairs, masks, config, progress=progress)
+    after = _safety_check(loaded, ev, "after", progress)
+    progress("saving", 0, 1)
+    out = ctx.settings.finetunes_dir / job.id
+    report = {"run_id": run.id, "base_model": run.model, "model": str(out), "data": request["data"], "mode": mode,
+              "training": log, "before": before, "after": after}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{run.id}-", dir=out.parent))
+    try:
+        folder = save_model(loaded, staging / "model")
+        (folder / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(folder, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+TASKS = {"attribution": run_attribution, "preview": run_preview, "finetune": run_finetune}

@@ -1,0 +1,163 @@
+"""The life of runs and jobs in the database: enqueue, claim, report, finish, cancel, fail.
+
+Every state change is one guarded UPDATE (`... WHERE status = 'queued'` / `'running'`), so two workers, or a worker
+and the API, never both win the same transition. An attribution job's run mirrors its status.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import ACTIVE, Job, Run, utcnow
+
+NO_SYNC = {"synchronize_session": False}
+
+
+def enqueue_run(session: Session, *, model: str, model_path: str, settings: dict, cache_key: str) -> tuple[Run, Job]:
+    """A queued run and its attribution job."""
+    run = Run(model=model, model_path=model_path, settings=settings, cache_key=cache_key, status="queued")
+    session.add(run)
+    session.flush()
+    job = Job(kind="attribution", run_id=run.id, request={"run_id": run.id})
+    session.add(job)
+    session.flush()
+    return run, job
+
+
+def add_cached_run(session: Session, source: Run, *, run_id: str, model: str, settings: dict,
+                   result_dir: str) -> tuple[Run, Job]:
+    """A run answered from the cache: succeeded at once, with its own copy (hard links) of `source`'s files."""
+    now = utcnow()
+    run = Run(id=run_id, model=model, model_path=source.model_path, settings=settings, cache_key=source.cache_key,
+              status="succeeded", cached=True, result_dir=result_dir, manifest=source.manifest)
+    session.add(run)
+    session.flush()
+    job = Job(kind="attribution", run_id=run.id, request={"run_id": run.id, "cached_from": source.id},
+              status="succeeded", progress=1.0, phase="cached", started_at=now, finished_at=now)
+    session.add(job)
+    session.flush()
+    return run, job
+
+
+def enqueue_job(session: Session, kind: str, run_id: str | None, request: dict) -> Job:
+    job = Job(kind=kind, run_id=run_id, request=request)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def cached_run(session: Session, cache_key: str) -> Run | None:
+    """The newest succeeded run with this cache key."""
+    return session.scalars(select(Run).where(Run.cache_key == cache_key, Run.status == "succeeded",
+                                             Run.result_dir.is_not(None))
+                           .order_by(Run.created_at.desc()).limit(1)).first()
+
+
+def queued_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+
+
+def attribution_jobs(session: Session, run_ids: list[str]) -> dict[str, Job]:
+    """The attribution job of each run (one query for a page of runs)."""
+    jobs = session.scalars(select(Job).where(Job.run_id.in_(run_ids), Job.kind == "attribution")
+                           .order_by(Job.created_at)).all()
+    return {job.run_id: job for job in jobs}  # the newest wins
+
+
+def attribution_job(session: Session, run_id: str) -> Job | None:
+    return attribution_jobs(session, [run_id]).get(run_id)
+
+
+def _sync_run(session: Session, job: Job, **fields) -> None:
+    if job.kind == "attribution" and job.run_id:
+        session.execute(update(Run).where(Run.id == job.run_id).values(updated_at=utcnow(), **fields)
+                        .execution_options(**NO_SYNC))
+
+
+def claim(sessions: sessionmaker[Session], worker_id: str) -> Job | None:
+    """Take the oldest queued job for `worker_id`, or None. Safe with many workers: the row is taken by one
+    guarded UPDATE (and SKIP LOCKED on PostgreSQL)."""
+    now = utcnow()
+    oldest = (select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
+              .with_for_update(skip_locked=True).scalar_subquery())
+    with sessions.begin() as session:
+        job_id = session.execute(
+            update(Job).where(Job.id == oldest, Job.status == "queued")
+            .values(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now, phase="starting",
+                    attempts=Job.attempts + 1, updated_at=now)
+            .returning(Job.id).execution_options(**NO_SYNC)).scalar_one_or_none()
+        if job_id is None:
+            return None
+        job = session.get(Job, job_id)
+        _sync_run(session, job, status="running")
+        return job
+
+
+def report(sessions: sessionmaker[Session], job_id: str, progress: float, phase: str) -> bool | None:
+    """Write progress and a heartbeat; returns whether a cancel was asked for, or None when the job is no longer
+    this worker's to run (finished, failed as lost, or deleted)."""
+    with sessions.begin() as session:
+        row = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "running")
+            .values(progress=progress, phase=phase, heartbeat_at=utcnow())
+            .returning(Job.cancel_requested).execution_options(**NO_SYNC)).first()
+    return None if row is None else bool(row[0])
+
+
+def finish(sessions: sessionmaker[Session], job_id: str, status: str, *, error: str | None = None,
+           result: dict | None = None, run_fields: dict | None = None) -> bool:
+    """Move a running job to a terminal status (and its run, for an attribution); False when it was not running."""
+    now = utcnow()
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return False
+        values = dict(status=status, error=error, phase=status, finished_at=now, updated_at=now)
+        if status == "succeeded":
+            values.update(progress=1.0, result=result)
+        done = session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
+                               .execution_options(**NO_SYNC)).rowcount
+        if done:
+            _sync_run(session, job, status=status, error=error, **(run_fields or {}))
+        return bool(done)
+
+
+def cancel(session: Session, job: Job) -> str | None:
+    """Cancel a queued job at once ('cancelled'), or ask a running one to stop ('cancelling'); None when the job
+    had already ended."""
+    now = utcnow()
+    if session.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
+                       .values(status="cancelled", phase="cancelled", finished_at=now, updated_at=now)
+                       .execution_options(**NO_SYNC)).rowcount:
+        _sync_run(session, job, status="cancelled")
+        return "cancelled"
+    if session.execute(update(Job).where(Job.id == job.id, Job.status == "running")
+                       .values(cancel_requested=True, updated_at=now).execution_options(**NO_SYNC)).rowcount:
+        return "cancelling"
+    return None
+
+
+def fail_running(sessions: sessionmaker[Session], reason: str, *, worker_id: str | None = None,
+                 heartbeat_before: datetime | None = None) -> list[Job]:
+    """Fail the running jobs of a dead worker, or those whose heartbeat is older than `heartbeat_before`."""
+    query = select(Job).where(Job.status == "running")
+    if worker_id is not None:
+        query = query.where(Job.worker_id == worker_id)
+    if heartbeat_before is not None:
+        query = query.where((Job.heartbeat_at < heartbeat_before) | Job.heartbeat_at.is_(None))
+    failed = []
+    with sessions.begin() as session:
+        for job in session.scalars(query).all():
+            now = utcnow()
+            if session.execute(update(Job).where(Job.id == job.id, Job.status == "running")
+                               .values(status="failed", error=reason, phase="failed", finished_at=now,
+                                       updated_at=now).execution_options(**NO_SYNC)).rowcount:
+                _sync_run(session, job, status="failed", error=reason)
+                failed.append(job)
+    return failed
+
+
+def active_jobs(session: Session, run_id: str) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.run_id == run_id, Job.status.in_(ACTIVE))))

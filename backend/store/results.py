@@ -1,0 +1,122 @@
+"""Run folders under the results dir. A folder appears whole or not at all: it is written under a
+`.partial-*` name and renamed into place, and removed by renaming it away first."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .role_index import RoleIndex
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PARTIAL = ".partial-"
+TRASH = ".trash-"
+
+
+class Results:
+    """The results dir: one folder per run, named by run id."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def staging(self, run_id: str) -> Path:
+        """A new empty folder to write a run into before `publish`."""
+        return Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{run_id}-", dir=self.root))
+
+    def publish(self, staging: Path, run_id: str) -> str:
+        """Rename a complete staging folder into place; returns the folder's name."""
+        os.replace(staging, self.root / run_id)
+        return run_id
+
+    def copy(self, source: str, run_id: str) -> str:
+        """A complete copy of a published folder for another run (hard links where the disk allows)."""
+        staging = self.staging(run_id)
+        try:
+            for path in self.folder(source).iterdir():
+                if path.is_file():
+                    try:
+                        os.link(path, staging / path.name)
+                    except OSError:
+                        shutil.copy2(path, staging / path.name)
+            return self.publish(staging, run_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def remove(self, name: str | None) -> None:
+        """Delete a run folder: renamed away first, so it is never seen half deleted."""
+        if not name or not self.folder(name).exists():
+            return
+        trash = Path(tempfile.mkdtemp(prefix=TRASH, dir=self.root))
+        os.replace(self.folder(name), trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_partials(self, run_ids: set[str] | None = None, *, keep: set[str] = frozenset()) -> list[Path]:
+        """Remove leftovers of interrupted writes: staging folders of `run_ids` (all when None) except those of
+        `keep`, and half-removed folders."""
+        removed = []
+        finetunes = self.root / "finetunes"
+        for path in [*self.root.iterdir(), *(finetunes.iterdir() if finetunes.is_dir() else ())]:
+            if path.name.startswith(TRASH):
+                removed.append(path)
+            elif path.name.startswith(PARTIAL):
+                run_id = path.name[len(PARTIAL):].rsplit("-", 1)[0]
+                if (run_ids is None or run_id in run_ids) and run_id not in keep:
+                    removed.append(path)
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+
+class RunUnits:
+    """A run's units table and, once asked for, its role index."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table
+        self._index: RoleIndex | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def roles(self) -> RoleIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = RoleIndex(self.table)
+            return self._index
+
+
+class UnitsCache:
+    """The units of recently read runs, kept in memory so that reading them and recomputing roles is fast."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._runs: OrderedDict[Path, RunUnits] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, folder: Path) -> RunUnits:
+        path = folder / "units.parquet"
+        with self._lock:
+            if path in self._runs:
+                self._runs.move_to_end(path)
+                return self._runs[path]
+        import pandas as pd
+
+        units = RunUnits(pd.read_parquet(path))
+        with self._lock:
+            self._runs[path] = units
+            while len(self._runs) > self.size:
+                self._runs.popitem(last=False)
+        return units
+
+    def forget(self, folder: Path) -> None:
+        with self._lock:
+            self._runs.pop(folder / "units.parquet", None)

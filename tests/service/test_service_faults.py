@@ -1,0 +1,51 @@
+"""Faults: a worker killed mid-job, an API restart, and jobs whose worker was lost while the API was down."""
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+
+from servicekit import API, run_body, serve, settings_in, slow_body, wait
+
+from backend.store.models import Job, Run, utcnow
+
+
+def test_a_killed_worker_fails_its_job_with_the_signal_and_a_new_worker_takes_the_next(roots, tmp_path):
+    settings = settings_in(tmp_path, roots)
+    with serve(settings) as client:
+        runner = client.app.state.runner
+        slow = client.post(f"{API}/runs", json=slow_body(roots)).json()
+        wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=60)
+        (worker,) = runner.health()["workers"]
+        os.kill(worker["pid"], signal.SIGKILL)
+
+        failed = wait(client, f"{API}/runs/{slow['id']}", timeout=30)
+        assert failed["status"] == "failed"
+        assert "SIGKILL" in failed["error"] and "worker process" in failed["error"]
+        job = client.get(f"{API}/jobs/{slow['job_id']}").json()
+        assert job["status"] == "failed" and job["error"] == failed["error"]
+        assert not [p for p in settings.runs_dir.iterdir() if p.name.startswith(".")]  # no half-written folder
+
+        done = wait(client, f"{API}/runs/{client.post(f'{API}/runs', json=run_body(roots)).json()['id']}")
+        assert done["status"] == "succeeded", done["error"]
+        (restarted,) = runner.health()["workers"]
+        assert restarted["alive"] and restarted["pid"] != worker["pid"] and restarted["restarts"] == 1
+
+    # A job left running by a worker that died with the previous API (its heartbeat is old) ...
+    with client.app.state.sessions.begin() as session:
+        orphan = Run(model="llama-gqa", model_path="x", settings={}, cache_key="k", status="running")
+        session.add(orphan)
+        session.flush()
+        session.add(Job(kind="attribution", run_id=orphan.id, request={}, status="running", worker_id="gone",
+                        heartbeat_at=utcnow() - timedelta(hours=1)))
+
+    # ... and after a restart (a new app on the same database and results) everything is still there.
+    with serve(settings.model_copy(update={"runner": "none"})) as client:
+        runs = {r["id"]: r for r in client.get(f"{API}/runs").json()["data"]}
+        assert runs[slow["id"]]["status"] == "failed" and "SIGKILL" in runs[slow["id"]]["error"]
+        assert runs[done["id"]]["status"] == "succeeded"
+        assert runs[orphan.id]["status"] == "failed" and runs[orphan.id]["error"].startswith("worker lost")
+        units = client.get(f"{API}/runs/{done['id']}/units", params={"format": "parquet"})
+        assert units.status_code == 200
+        assert units.content == (settings.runs_dir / done["id"] / "units.parquet").read_bytes()
+        assert client.get(f"{API}/runs/{done['id']}").json()["manifest"] == done["manifest"]

@@ -1,0 +1,102 @@
+"""Bad input: every bad field is a 4xx that names it, never a 500 (no worker needed: nothing has to run)."""
+from __future__ import annotations
+
+import pytest
+from servicekit import API, bad_fields, run_body, serve, settings_in
+
+
+@pytest.fixture()
+def client(roots, tmp_path):
+    with serve(settings_in(tmp_path, roots, runner="none", max_queued_jobs=3, max_body_bytes=4096,
+                           max_samples=500)) as client:
+        yield client
+
+
+@pytest.fixture()
+def outside(tmp_path, tiny_model_path):
+    """A real model folder and a data file outside every root, and links to them from inside the roots."""
+    import shutil
+
+    folder = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model_path("llama-gqa"), folder / "model")
+    (folder / "data.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    return folder
+
+
+def post_run(client, roots, **fields):
+    return client.post(f"{API}/runs", json=run_body(roots, **fields))
+
+
+def test_model_paths_must_stay_inside_the_model_roots(client, roots, outside):
+    link = roots.models / "link-out"
+    link.symlink_to(outside / "model", target_is_directory=True)
+    try:
+        for model in ("../elsewhere/model", f"{roots.model}/../../{outside.name}/model", str(outside / "model"),
+                      "link-out", str(link)):
+            response = post_run(client, roots, model=model)
+            assert bad_fields(response) == ["body.model"], model
+            assert "outside" in response.json()["detail"][0]["msg"] or "neither" in response.json()["detail"][0]["msg"]
+        assert "outside the model roots" in post_run(client, roots, model="link-out").json()["detail"][0]["msg"]
+        assert bad_fields(post_run(client, roots, model="no-such-model")) == ["body.model"]
+        assert bad_fields(post_run(client, roots, model="org/hub-model")) == ["body.model"]
+        assert post_run(client, roots, model=str(roots.models / roots.model)).status_code == 202  # absolute, inside
+    finally:
+        link.unlink()
+
+
+def test_data_sets_must_be_known_or_inside_the_data_roots(client, roots, outside):
+    link = roots.data / "link-out.jsonl"
+    link.symlink_to(outside / "data.jsonl")
+    try:
+        assert bad_fields(post_run(client, roots, safety="no-such-set")) == ["body.safety"]
+        assert bad_fields(post_run(client, roots, utility="../elsewhere/data.jsonl")) == ["body.utility"]
+        assert bad_fields(post_run(client, roots, utility="link-out.jsonl")) == ["body.utility"]
+        assert bad_fields(post_run(client, roots, safety=str(outside / "data.jsonl"))) == ["body.safety"]
+        (roots.data / "empty.jsonl").write_text("")
+        empty = post_run(client, roots, safety="empty.jsonl")
+        assert bad_fields(empty) == ["body.safety"] and "empty" in empty.json()["detail"][0]["msg"]
+    finally:
+        link.unlink()
+
+
+def test_numbers_out_of_bounds_and_unknown_fields_are_named(client, roots):
+    assert bad_fields(post_run(client, roots, samples=0)) == ["body.samples"]
+    too_many = post_run(client, roots, samples=501)
+    assert bad_fields(too_many) == ["body.samples"] and "SSAH_MAX_SAMPLES" in too_many.json()["detail"][0]["msg"]
+    assert bad_fields(post_run(client, roots, batch_size=100_000)) == ["body.batch_size"]
+    assert bad_fields(post_run(client, roots, max_length=1)) == ["body.max_length"]
+    assert bad_fields(post_run(client, roots, thresholds={"h_ru": 1.5})) == ["body.thresholds.h_ru"]
+    assert bad_fields(post_run(client, roots, thresholds={"h_scu": -0.1})) == ["body.thresholds.h_scu"]
+    assert bad_fields(post_run(client, roots, thresholds={"h_scu": 0.6, "h_ucu": 0.6})) == ["body.thresholds.h_ucu"]
+    assert bad_fields(post_run(client, roots, positions="middle")) == ["body.positions"]
+    assert bad_fields(post_run(client, roots, sample=12)) == ["body.sample"]  # a typo is not ignored
+    assert bad_fields(post_run(client, roots, seed="zero")) == ["body.seed"]
+    assert bad_fields(client.get(f"{API}/runs", params={"limit": 0})) == ["query.limit"]
+
+
+def test_unknown_ids_are_404_and_huge_bodies_413(client, roots):
+    assert client.get(f"{API}/runs/nope").status_code == 404
+    assert client.get(f"{API}/runs/nope").json() == {"detail": "no run 'nope'"}
+    assert client.get(f"{API}/runs/nope/units").status_code == 404
+    assert client.post(f"{API}/runs/nope/previews", json={}).status_code == 404
+    assert client.delete(f"{API}/runs/nope").status_code == 404
+    assert client.get(f"{API}/jobs/nope").status_code == 404
+    assert client.delete(f"{API}/jobs/nope").status_code == 404
+    huge = client.post(f"{API}/runs", json=run_body(roots, safety="x" * 5000))
+    assert huge.status_code == 413 and "limit" in huge.json()["detail"]
+    chunked = client.post(f"{API}/runs", content=(b" " * 1024 for _ in range(8)),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "detail" in chunked.json()
+    assert client.post(f"{API}/runs", content=b"{not json", headers={"content-type": "application/json"}) \
+        .status_code == 422
+
+
+def test_a_full_queue_answers_429_with_retry_after(client, roots):
+    for seed in range(3):
+        assert post_run(client, roots, seed=seed).status_code == 202
+    full = post_run(client, roots, seed=3)
+    assert full.status_code == 429 and int(full.headers["retry-after"]) > 0
+    assert "queue is full" in full.json()["detail"]
+    first = client.get(f"{API}/runs", params={"status": "queued"}).json()["data"][-1]
+    assert client.delete(f"{API}/runs/{first['id']}").json()["status"] == "cancelled"  # a cancel makes room
+    assert post_run(client, roots, seed=3).status_code == 202

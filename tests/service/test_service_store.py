@@ -1,0 +1,87 @@
+"""The job queue in the database (claims by concurrent workers, guarded transitions), how a dead worker is named,
+progress by phase, and settings from the environment."""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from backend.api.settings import Settings
+from backend.jobs.local import describe_exit
+from backend.jobs.worker import PhasePlan
+from backend.store import queue
+from backend.store.db import make_engine, session_factory
+from backend.store.models import Job
+
+
+def test_concurrent_workers_claim_every_job_exactly_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    sessions = session_factory(make_engine(url))
+    with sessions.begin() as session:
+        queued = {queue.enqueue_job(session, "preview", None, {"n": i}).id for i in range(60)}
+    claimed: dict[str, list[str]] = {}
+
+    def work(name: str) -> None:
+        mine = session_factory(make_engine(url))  # each worker has its own engine, as a process would
+        while (job := queue.claim(mine, name)) is not None:
+            claimed.setdefault(name, []).append(job.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [job_id for ids in claimed.values() for job_id in ids]
+    assert sorted(everything) == sorted(queued)  # each once, none lost
+    with sessions() as session:
+        jobs = session.query(Job).all()
+        assert {j.status for j in jobs} == {"running"} and {j.attempts for j in jobs} == {1}
+        assert all(j.id in claimed[j.worker_id] for j in jobs)
+
+
+def test_transitions_are_guarded(tmp_path):
+    sessions = session_factory(make_engine(f"sqlite:///{tmp_path / 'queue.db'}"))
+    with sessions.begin() as session:
+        job = queue.enqueue_job(session, "preview", None, {})
+    assert queue.report(sessions, job.id, 0.5, "x") is None  # not running: not this worker's
+    assert queue.claim(sessions, "w").id == job.id
+    assert queue.report(sessions, job.id, 0.5, "generating 1/2") is False
+    with sessions.begin() as session:
+        assert queue.cancel(session, session.get(Job, job.id)) == "cancelling"
+    assert queue.report(sessions, job.id, 0.6, "generating 2/2") is True
+    assert queue.finish(sessions, job.id, "cancelled")
+    assert not queue.finish(sessions, job.id, "succeeded")  # an ended job stays as it ended
+    with sessions.begin() as session:
+        assert queue.cancel(session, session.get(Job, job.id)) is None
+        assert session.get(Job, job.id).status == "cancelled"
+
+
+def test_a_dead_worker_is_described_by_its_signal():
+    assert describe_exit(-signal.SIGKILL) == "was killed by signal SIGKILL (9)"
+    assert describe_exit(-signal.SIGSEGV) == "was killed by signal SIGSEGV (11)"
+    assert describe_exit(1) == "exited with code 1"
+
+
+def test_progress_follows_the_phase_plan_and_never_goes_back():
+    plan = PhasePlan([("loading", 1), ("forward safety", 4), ("forward utility", 4), ("scoring", 1)])
+    assert plan("loading model", 1, 1) == 0.1
+    assert plan("forward safety", 2, 4) == 0.3
+    assert plan("forward utility", 4, 4) == 0.9
+    assert plan("forward safety", 1, 4) == 0.9  # a report out of order does not move it back
+    assert plan("unknown phase", 1, 1) == 0.9
+    assert plan("scoring", 1, 1) == 1.0
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSAH_HOME", str(tmp_path))
+    monkeypatch.setenv("SSAH_MODEL_ROOTS", "/models,/scratch/models")
+    monkeypatch.setenv("SSAH_DEVICES", '["cuda:0", "cuda:1"]')
+    monkeypatch.setenv("SSAH_MAX_SAMPLES", "64")
+    settings = Settings()
+    assert settings.database_url == f"sqlite:///{tmp_path / 'service' / 'ssah.db'}"
+    assert settings.runs_dir == tmp_path / "service" / "runs"
+    assert settings.model_roots == [Path("/models"), Path("/scratch/models")] and settings.data_roots == []
+    assert settings.devices == ["cuda:0", "cuda:1"] and settings.max_samples == 64
+    assert settings.loopback and not Settings(host="0.0.0.0").loopback
+    monkeypatch.setenv("SSAH_DATABASE_URL", "postgresql+psycopg://ssah@db/ssah")
+    assert Settings().database_url == "postgresql+psycopg://ssah@db/ssah"
