@@ -1,7 +1,18 @@
-"""The science of ssah-dashboard: importable with torch and transformers only, no web code."""
-from .attribution import Attribution, attribute, run_attribution
-from .models import LoadedModel, ModelError, load_model, unit_map
-from .roles import Thresholds, classify, reclassify, role_summary
+"""The science of ssah-dashboard: importable with torch and transformers only, no web code.
 
-__all__ = ["Attribution", "LoadedModel", "ModelError", "Thresholds", "attribute", "classify", "load_model",
-           "reclassify", "role_summary", "run_attribution", "unit_map"]
+Names are imported lazily, so `backend.engine.roles` (numpy and pandas only) can be used without loading torch.
+"""
+from importlib import import_module
+
+_NAMES = {
+    "Attribution": "attribution", "attribute": "attribution", "run_attribution": "attribution",
+    "LoadedModel": "models", "ModelError": "models", "load_model": "models", "unit_map": "models",
+    "RoleIndex": "roles", "Thresholds": "roles", "classify": "roles", "reclassify": "roles", "role_summary": "roles",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

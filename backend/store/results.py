@@ -10,7 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .role_index import RoleIndex
+from backend.engine.roles import RoleIndex
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,7 +90,7 @@ class RunUnits:
     def roles(self) -> RoleIndex:
         with self._lock:
             if self._index is None:
-                self._index = RoleIndex(self.table)
+                self._index = RoleIndex.from_units(self.table)
             return self._index
 
 

@@ -152,7 +152,7 @@ def read_roles(run: RunDep, results: ResultsDep, units: UnitsDep,
         thresholds = Thresholds(**values)
     except ValueError as error:
         raise checks.bad_field(("query", "h_ucu"), str(error)) from None
-    return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(**values))
+    return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
 
 
 def queue_job(session: Session, settings: Settings, runner, kind: str, run: Run, request: dict) -> Accepted:
