@@ -10,6 +10,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
+from fastapi.exceptions import RequestValidationError
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -115,6 +116,13 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
 
     for module in (runs, jobs, shares, catalog):
         app.include_router(module.router, prefix=API_PREFIX)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without echoing the input back (it may hold NaN or lone surrogates, not valid JSON)."""
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in error.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, error: Exception) -> JSONResponse:

@@ -39,12 +39,15 @@ def inside_roots(spec: str, roots: list[Path], loc: Loc, what: str, builtins: st
     candidates = [path] if path.is_absolute() else [root / path for root in real_roots]
     escaped = False
     for candidate in candidates:
-        real = candidate.resolve()
-        if not any(real.is_relative_to(root) for root in real_roots):
-            escaped = True
-            continue
-        if real.exists():
-            return real
+        try:
+            real = candidate.resolve()
+            if not any(real.is_relative_to(root) for root in real_roots):
+                escaped = True
+                continue
+            if real.exists():
+                return real
+        except (OSError, ValueError) as error:  # a name too long for the file system, a NUL byte, ...
+            raise bad_field(loc, f"{spec[:80]!r} is not a usable path: {error}") from None
     if escaped:
         raise bad_field(loc, f"{spec!r} resolves outside the {what} roots of this server; paths must stay inside "
                              "them (no '..' or links out)")

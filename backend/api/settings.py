@@ -44,12 +44,23 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file $SSAH_HOME/service/ssah.db")
     results_dir: Path | None = Field(None, description="run folders; default $SSAH_HOME/service/runs")
 
-    runner: Literal["local", "none"] = Field(
-        "local", description="local: one worker process per device; none: only enqueue (workers live elsewhere)")
+    runner: Literal["local", "ray", "none"] = Field(
+        "local", description="local: one worker process per device; ray: workers are Ray actors on a cluster; "
+                             "none: only enqueue (workers live elsewhere)")
     devices: NameList = Field(["auto"], description="one local worker per entry: auto, cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     model_cache_size: int = Field(2, ge=1, le=16, description="models a worker keeps loaded")
     worker_threads: int = Field(0, ge=0, description="CPU threads of a worker's torch; 0: torch's default")
+
+    ray_address: str = Field("", description="Ray cluster the ray runner joins: ray://HEAD:10001, auto or HOST:6379; "
+                                             "empty: start a local Ray on this machine")
+    ray_workers: int = Field(0, ge=0, description="Ray actors that run jobs; 0: one per GPU of the cluster (one if it "
+                                                  "has none)")
+    ray_num_gpus: float | None = Field(None, ge=0, description="GPUs each Ray actor asks for; default 1 when the "
+                                                               "cluster has GPUs, else 0 (CPU)")
+    ray_num_cpus: float = Field(1.0, ge=0, description="CPUs each Ray actor asks for")
+    ray_local_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when ray_address is "
+                                                               "empty; default: all of this machine's")
 
     model_roots: PathList = Field([], description="folders inside which local model paths must resolve")
     data_roots: PathList = Field([], description="folders inside which data files must resolve")

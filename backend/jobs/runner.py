@@ -3,8 +3,9 @@
 The database is the queue. The API writes a queued job and calls `notify()`; a runner's workers take jobs with
 `store.queue.claim` (one guarded UPDATE, so any number of workers on any number of machines can share it), report
 progress and heartbeats with `store.queue.report`, and end them with `store.queue.finish`; `backend.jobs.worker`
-does all of that for one device and is what a Ray actor would run too. A cancel is a flag in the job row that the
-worker reads while it reports progress, so `cancel()` only has to hurry things up.
+does all of that for one device, in a local worker process (`local.LocalRunner`) or in a Ray actor
+(`ray_runner.RayRunner`). A cancel is a flag in the job row that the worker reads while it reports progress, so
+`cancel()` only has to hurry things up.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from backend.store.results import Results
 
 @runtime_checkable
 class Runner(Protocol):
-    """The interface the API uses; `LocalRunner` is one implementation, a Ray runner would be another."""
+    """The interface the API uses; `LocalRunner`, `RayRunner` and `NullRunner` implement it."""
 
     def start(self) -> None:
         """Start the workers (called once, when the API starts)."""
@@ -63,6 +64,10 @@ def make_runner(settings: Settings) -> Runner:
         from .local import LocalRunner
 
         return LocalRunner(settings)
+    if settings.runner == "ray":
+        from .ray_runner import RayRunner
+
+        return RayRunner(settings)
     return NullRunner()
 
 

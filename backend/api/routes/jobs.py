@@ -40,7 +40,7 @@ def _public(request: dict) -> dict:
 def list_jobs(session: SessionDep, caller: CallerDep, run_id: str | None = None,
               kind: Literal["attribution", "preview", "finetune"] | None = None,
               status_: Status | None = Query(None, alias="status"),
-              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> JobList:
+              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**31 - 1)) -> JobList:
     """Jobs, newest first, without their results (a share token sees only its run's)."""
     if caller.run_scope is not None:
         caller.check_run(run_id or caller.run_scope)

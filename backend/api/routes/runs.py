@@ -74,7 +74,7 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
 
 @router.get("", response_model=RunList)
 def list_runs(session: SessionDep, caller: CallerDep, limit: int = Query(100, ge=1, le=1000),
-              offset: int = Query(0, ge=0), status_: Status | None = Query(None, alias="status")) -> RunList:
+              offset: int = Query(0, ge=0, le=2**31 - 1), status_: Status | None = Query(None, alias="status")) -> RunList:
     """Runs, newest first (a share token sees only its own run)."""
     query = select(Run)
     if caller.run_scope is not None:

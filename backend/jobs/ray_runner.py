@@ -1,0 +1,243 @@
+"""The Ray runner: the local runner's worker loop on Ray actors, for one or more GPU machines in a Ray cluster.
+
+Each actor asks Ray for `ray_num_gpus` GPUs and runs `worker.main`, so it claims jobs from the shared database
+(PostgreSQL across machines; the SQLite file on one machine), writes heartbeats and progress, and reads the cancel
+flag exactly as a local worker process does. A supervisor thread in the API process watches the actors: when one
+dies (`ray.kill`, out of memory, its node lost) the job it was running fails with Ray's reason, and is not
+retried, as with the local runner; a new actor takes its place. GPU nodes that join later get actors of their own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from backend.api.settings import Settings
+from backend.store.db import make_engine, session_factory
+from backend.store.queue import fail_running
+from backend.store.results import Results
+
+from . import worker
+from .local import QUICK_DEATH_S, SUPERVISE_EVERY_S, SWEEP_EVERY_S
+from .runner import recover_lost_jobs
+
+log = logging.getLogger("ssah.jobs")
+
+NAMESPACE = "ssah"
+LOCAL_OBJECT_STORE_BYTES = 100 * 1024 * 1024  # jobs pass nothing through Ray's object store
+STOP_WAIT_S = 10.0
+MAX_REASON = 600  # Ray's reasons for a lost worker process run to a paragraph of likely causes
+
+
+class JobActor:
+    """One worker as a Ray actor: `run` is the worker loop (it returns only when the actor dies), `notify` wakes
+    it while it waits for a job (the actor is threaded, so `notify` runs beside `run`)."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
+    def run(self, settings: Settings, worker_id: str, device: str) -> None:
+        worker.main(settings, worker_id, device, self.wake)
+
+    def notify(self) -> None:
+        self.wake.set()
+
+
+def death_reason(error: BaseException) -> str:
+    """Ray's own last line about a dead actor, e.g. 'it was killed by `ray.kill`'."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    for prefix in ("The actor is dead because ", "The actor died because "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix):]
+    reason = reason.rstrip(".")
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3].rstrip() + "..."
+
+
+@dataclass
+class Slot:
+    """One place for a worker actor, and the actor that currently fills it."""
+
+    index: int
+    actor: Any = None
+    name: str = ""
+    worker_id: str = ""
+    ready: Any = None  # ObjectRef of JobActor.ready
+    running: Any = None  # ObjectRef of JobActor.run: it resolves (to an error) when the actor dies
+    info: dict = field(default_factory=dict)
+    started_at: float = 0.0
+    restarts: int = 0
+    quick_deaths: int = 0
+    next_start: float = 0.0
+
+
+class RayRunner:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.sessions = session_factory(make_engine(settings.database_url))
+        self.results = Results(settings.runs_dir)
+        self.slots: list[Slot] = []
+        self.num_gpus = 0.0
+        self.device = "cpu"
+        self._owns_ray = False
+        self._actor_class = ray.remote(JobActor)
+        self._actor_options: dict = {}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    # -- the Runner interface -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        if not ray.is_initialized():
+            if s.ray_address:
+                ray.init(address=s.ray_address)
+            else:
+                ray.init(num_cpus=s.ray_local_cpus, include_dashboard=False,
+                         object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            self._owns_ray = True
+        cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+        self.num_gpus = s.ray_num_gpus if s.ray_num_gpus is not None else (1.0 if cluster_gpus else 0.0)
+        self.device = "cuda" if self.num_gpus > 0 else "cpu"
+        count = self._wanted(cluster_gpus)
+        self._actor_options = dict(num_gpus=self.num_gpus, num_cpus=s.ray_num_cpus, max_concurrency=2,
+                                   max_restarts=0, namespace=NAMESPACE)
+        log.info("ray runner: %d actor(s) with %g GPU and %g CPU each on %s", count, self.num_gpus, s.ray_num_cpus,
+                 s.ray_address or "a local Ray")
+        with self._lock:
+            self.slots = [Slot(i) for i in range(count)]
+            for slot in self.slots:
+                self._spawn(slot)
+        self._thread = threading.Thread(target=self._supervise, name="ssah-ray-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            for slot in self.slots:
+                if slot.actor is None:
+                    continue
+                ray.kill(slot.actor, no_restart=True)
+                ray.wait([slot.running], timeout=STOP_WAIT_S)  # dead, so it claims nothing after the sweep below
+                fail_running(self.sessions, "the service stopped while this job was running",
+                             worker_id=slot.worker_id)
+                slot.actor = slot.ready = slot.running = None
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+    def notify(self) -> None:
+        for slot in self.slots:
+            actor = slot.actor
+            if actor is not None:
+                actor.notify.remote()  # fire and forget: a dead actor's reply is an error nobody reads
+
+    def cancel(self, job_id: str) -> None:
+        pass  # the actor's worker loop reads the job's cancel flag every progress_interval_s
+
+    def health(self) -> dict:
+        with self._lock:
+            workers = [{"device": self.device, "worker_id": s.worker_id, "actor": s.name, "namespace": NAMESPACE,
+                        "node": s.info.get("node"), "pid": s.info.get("pid"), "gpus": s.info.get("gpus", []),
+                        "alive": s.actor is not None and bool(s.info),
+                        "pending": s.actor is not None and not s.info,  # waiting for a GPU (or still starting)
+                        "restarts": s.restarts}
+                       for s in self.slots]
+        return {"runner": "ray", "address": self.settings.ray_address or "local", "num_gpus": self.num_gpus,
+                "workers": workers}
+
+    # -- supervision --------------------------------------------------------------------------------------------
+
+    def _wanted(self, cluster_gpus: float) -> int:
+        """How many actors: `ray_workers`, else one per `num_gpus` GPUs of the cluster (one without GPUs)."""
+        if self.settings.ray_workers:
+            return self.settings.ray_workers
+        return max(1, int(cluster_gpus // self.num_gpus)) if self.num_gpus else 1
+
+    def _grow(self) -> None:
+        """GPU nodes that joined after the start (or after an autoscaler added them) get actors too."""
+        if self.settings.ray_workers or not self.num_gpus:
+            return
+        wanted = self._wanted(ray.cluster_resources().get("GPU", 0.0))
+        with self._lock:
+            while len(self.slots) < wanted and not self._stopping.is_set():
+                slot = Slot(len(self.slots))
+                self.slots.append(slot)
+                self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.worker_id = f"ray:{self._instance}:{slot.index}:{slot.restarts}"
+        slot.name = f"ssah-worker-{self._instance}-{slot.index}-{slot.restarts}"
+        slot.actor = self._actor_class.options(name=slot.name, **self._actor_options).remote()
+        slot.ready = slot.actor.ready.remote()
+        slot.running = slot.actor.run.remote(self.settings, slot.worker_id, self.device)
+        slot.info = {}
+        slot.started_at = time.monotonic()
+        log.info("started Ray actor %s (worker %s)", slot.name, slot.worker_id)
+
+    def _supervise(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stopping.wait(SUPERVISE_EVERY_S):
+            try:
+                with self._lock:
+                    for slot in self.slots:
+                        self._check(slot)
+                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                    recover_lost_jobs(self.sessions, self.results, self.settings.lost_after_s)
+                    self._grow()
+                    last_sweep = time.monotonic()
+            except Exception:  # the supervisor must outlive a database or cluster hiccup
+                log.exception("ray supervisor check failed; trying again")
+
+    def _check(self, slot: Slot) -> None:
+        if self._stopping.is_set():
+            return
+        if slot.actor is None:
+            if time.monotonic() >= slot.next_start:
+                self._spawn(slot)
+            return
+        if not slot.info and ray.wait([slot.ready], timeout=0)[0]:
+            try:
+                slot.info = ray.get(slot.ready)
+                slot.started_at = time.monotonic()  # a pending actor's wait for a GPU is not its life
+                log.info("Ray actor %s is up: %s", slot.name, slot.info)
+            except RayActorError:
+                pass  # `running` says how it died
+        if not ray.wait([slot.running], timeout=0)[0]:
+            return
+        try:
+            ray.get(slot.running)
+            how = "stopped while running this job"
+        except RayActorError as error:
+            how = f"died while running this job: {death_reason(error)}"
+        except Exception as error:  # worker.main raised (e.g. the engine does not import on that node)
+            how = f"stopped with an error while running this job: {death_reason(error)}"
+        where = f" on {slot.info['node']}" if slot.info.get("node") else ""
+        # As with the local runner, the job is not retried: what killed the actor (often running out of memory)
+        # would most likely kill the next attempt too. The reason is Ray's; resubmit to retry.
+        failed = fail_running(self.sessions, f"the Ray worker actor{where} {how}", worker_id=slot.worker_id)
+        self.results.clean_partials({job.run_id for job in failed if job.run_id})
+        log.warning("Ray actor %s %s; failed jobs: %s", slot.name, how, [j.id for j in failed] or "none")
+        quick = not failed and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
+        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
+        slot.restarts += 1
+        slot.actor = slot.ready = slot.running = None
+        slot.next_start = time.monotonic() + (min(60.0, 2.0 ** slot.quick_deaths) if quick else 0.0)
+        if time.monotonic() >= slot.next_start:
+            self._spawn(slot)

@@ -1,0 +1,58 @@
+"""50 concurrent clients against a real uvicorn server on 127.0.0.1 with its worker: reads of a finished
+tiny-model run (the run list, the run, its units, its roles) and preview requests all get an answer, 2xx or a 429
+with Retry-After once the queue is full, in bounded time. benchmarks/service.py runs the same mix, larger."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from servicekit import API, run_body, settings_in
+
+CLIENTS = 50
+REQUESTS = 6  # per client: every kind of request at least once
+QUEUE = 10
+
+
+def _bench():
+    """benchmarks/service.py (the server, the client mix and the load), loaded by its path."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "service.py"
+    spec = importlib.util.spec_from_file_location("ssah_service_benchmark", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+@pytest.fixture(scope="module")
+def served(roots, tmp_path_factory):
+    """A server with one CPU worker, a finished run of the tiny model, and a small queue limit."""
+    settings = settings_in(tmp_path_factory.mktemp("concurrency"), roots, max_queued_jobs=QUEUE)
+    with bench.serve(settings) as base, httpx.Client(base_url=base + API, timeout=60) as http:
+        accepted = http.post("/runs", json=run_body(roots)).json()
+        run = bench.wait_for(http, f"/runs/{accepted['id']}", timeout=120)
+        assert run["status"] == "succeeded", run["error"]
+        yield base, run, http
+
+
+def test_fifty_concurrent_clients_all_get_answers(served):
+    base, run, http = served
+    preview_eval = {"harmful": ["harmful.jsonl"], "benign": ["benign.jsonl"], "limit": 1, "max_new_tokens": 4}
+    samples, wall = bench.load(base, run["id"], clients=CLIENTS, requests=REQUESTS, preview_eval=preview_eval)
+
+    assert len(samples) == CLIENTS * REQUESTS
+    errors = [(s.kind, s.status) for s in samples if not s.ok]
+    assert not errors, errors
+    assert {s.kind for s in samples} == set(bench.KINDS)
+    previews = [s for s in samples if s.kind.startswith("POST")]
+    assert {s.status for s in previews} <= {202, 429} and sum(s.status == 202 for s in previews) >= 1
+    assert wall < 60, f"{len(samples)} requests took {wall:.1f} s"
+
+    queued = http.get("/jobs", params={"kind": "preview", "limit": 1000}).json()
+    assert queued["count"] == sum(s.status == 202 for s in previews)  # every 202 is a job, every 429 is not
+    units = http.get(f"/runs/{run['id']}/units").json()
+    assert len(units) == sum(run["manifest"]["roles"].values())
