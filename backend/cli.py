@@ -358,7 +358,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.loopback:
         print("ssah: not a loopback address, so every request needs a token: ssah tokens create --name NAME",
               flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    from app import mounts_for
+
+    app = create_app(settings, mounts=mounts_for(settings.host, settings.port))  # the dashboard at /
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0
 
 

@@ -1,0 +1,97 @@
+"""Pieces every page uses: the API client of the current request, the view state kept in the URL, error and
+progress panels, and role and verdict badges."""
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import dash
+import flask
+from dash import ClientsideFunction, Input, Output, dcc, html
+
+from .client import Api, ApiError
+from .figures import ROLE_COLORS
+
+ACTIVE = ("queued", "running")
+
+
+def api(token: str | None = None) -> Api:
+    """The REST API this dashboard was created for, as the caller holding `token`."""
+    return Api(flask.current_app.config["SSAH_API_URL"], token)
+
+
+def api_link(path: str, token: str | None = None, **params) -> str:
+    """A URL of the API for the browser (export downloads): relative when the API is served beside the
+    dashboard; a GET may carry the token as `?token=`."""
+    base = flask.current_app.config["SSAH_API_LINK"].rstrip("/")
+    query = {k: v for k, v in params.items() if v is not None} | ({"token": token} if token else {})
+    return f"{base}{path}{'?' + urlencode(query) if query else ''}"
+
+
+def page_link(path: str, token: str | None = None, **params) -> str:
+    """A dashboard path with a query, keeping a share token so the link still opens for its holder."""
+    query = {k: v for k, v in params.items() if v not in (None, "")} | ({"token": token} if token else {})
+    return f"{path}{'?' + urlencode(query) if query else ''}"
+
+
+def view_store(store_id: str, view: dict) -> list:
+    """A page's view state and the sink that mirrors it into the address bar (see `sync_url`)."""
+    return [dcc.Store(id=store_id, data=view), html.Div(id=f"{store_id}-sink", hidden=True)]
+
+
+def sync_url(store_id: str) -> None:
+    """Mirror a view store into the URL query with history.replaceState: a reload or a copied link reproduces the
+    view, and the page is not rebuilt on every change (as a dcc.Location update would do)."""
+    dash.clientside_callback(ClientsideFunction(namespace="ssah", function_name="syncUrl"),
+                             Output(f"{store_id}-sink", "children"), Input(store_id, "data"))
+
+
+def error_box(error: Exception | str | None, what: str = "") -> html.Div:
+    """The API's answer in words, or nothing."""
+    if error is None:
+        return html.Div()
+    if isinstance(error, ApiError) and error.status:
+        text = f"{what + ': ' if what else ''}{error} (HTTP {error.status})"
+    else:
+        text = f"{what + ': ' if what else ''}{error}"
+    return html.Div(text, className="alert alert-error", role="alert")
+
+
+def note(text: str) -> html.Div:
+    return html.Div(text, className="alert alert-note")
+
+
+def progress_bar(status: str, progress: float, phase: str = "") -> html.Div:
+    pct = max(0.0, min(1.0, float(progress or 0.0)))
+    return html.Div([
+        html.Div(className=f"progress-fill status-{status}", style={"width": f"{pct:.0%}"}),
+        html.Span(f"{status} · {pct:.0%}{' · ' + phase if phase and phase != status else ''}",
+                  className="progress-label"),
+    ], className="progress", title=phase)
+
+
+def role_chip(role: str) -> html.Span:
+    return html.Span(role, className="role-chip", style={"background": ROLE_COLORS.get(role, "#999")})
+
+
+def verdict_badge(verdict: str | None) -> html.Span:
+    return html.Span(verdict or "n/a", className=f"verdict verdict-{verdict or 'none'}")
+
+
+def shared_banner(token: str | None) -> html.Div:
+    """A note on pages opened with a share link (a read-only token for one run)."""
+    try:
+        shared = api(token).read_only()
+    except ApiError:
+        shared = False
+    if not shared:
+        return html.Div()
+    return html.Div("Shared view: this link reads one run and cannot change anything.",
+                    className="alert alert-note shared-banner")
+
+
+def number(value, default=None, kind=float):
+    """A query-string value as a number, or `default` when missing or malformed."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return default

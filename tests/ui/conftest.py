@@ -1,0 +1,145 @@
+"""Fixtures of the browser tests: the real service (API, spawned CPU worker, dashboard mounted at /) on a free
+loopback port with a temporary database and results dir, two finished runs of the tiny Llama made through the
+REST API, and headless Chromium.
+
+The service runs with tokens required (as on a team server), so every page is also checked to carry its token:
+the tests browse with a write token in the URL, and a share link must open with its own read token alone.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import HTTPException, Request
+from fastapi.routing import APIRoute
+from uikit import browser, free_port, poll_json, serve_stack
+
+from backend.api.settings import Settings
+from backend.store.models import Run
+
+@pytest.fixture(scope="session", autouse=True)
+def _ssah_home(tmp_path_factory) -> Iterator[Path]:
+    """The engine's caches go to a temporary home, not the user's."""
+    home = tmp_path_factory.mktemp("ssah-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSAH_HOME", str(home))
+        yield home
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
+
+
+@pytest.fixture(scope="session")
+def roots(tiny_model_path, safety_pairs, utility_pairs, tmp_path_factory) -> tuple[Path, Path]:
+    """(model root holding the tiny model folder "llama", data root with calibration and evaluation files)."""
+    models = tmp_path_factory.mktemp("model-root")
+    shutil.copytree(tiny_model_path("llama"), models / "llama")
+    data = tmp_path_factory.mktemp("data-root")
+    _write_jsonl(data / "safety.jsonl", [(p.prompt, p.response) for p in safety_pairs])
+    _write_jsonl(data / "utility.jsonl", [(p.prompt, p.response) for p in utility_pairs])
+    _write_jsonl(data / "harmful.jsonl", [(p.prompt, "") for p in safety_pairs[:2]])
+    _write_jsonl(data / "benign.jsonl", [(p.prompt, "") for p in utility_pairs[:2]])
+    return models, data
+
+
+def add_compare_stand_in(app) -> None:
+    """Until the API has `GET /api/v1/compare?a=&b=`, the tests serve a stand-in of exactly the shape the Compare
+    page asks for (the engine's RoleTransfer.to_dict()), placed before the dashboard's mount at /."""
+    if any(getattr(route, "path", "") == "/api/v1/compare" for route in app.routes):
+        return
+    def compare(a: str, b: str, request: Request) -> dict:
+        from backend.engine.transfer import compare as role_transfer
+
+        state = request.app.state
+        tables = []
+        with state.sessions() as session:
+            for run_id in (a, b):
+                run = session.get(Run, run_id)
+                if run is None or not run.result_dir:
+                    raise HTTPException(404, detail=f"no finished run {run_id!r}")
+                tables.append(state.units.get(state.results.folder(run.result_dir)).table)
+        try:
+            return role_transfer(*tables).to_dict()
+        except ValueError as error:
+            raise HTTPException(422, detail=str(error)) from None
+
+    app.router.routes.insert(0, APIRoute("/api/v1/compare", compare, methods=["GET"]))
+
+
+@pytest.fixture(scope="session")
+def service(roots, tmp_path_factory):
+    """The service with tokens required (bound to loopback, but configured as a team server would be)."""
+    folder = tmp_path_factory.mktemp("ui-service")
+    models, data = roots
+    settings = Settings(home=folder / "home", database_url=f"sqlite:///{folder / 'ssah.db'}",
+                        results_dir=folder / "runs", devices=["cpu"], dtype="float32", model_roots=[models],
+                        data_roots=[data], progress_interval_s=0.05, heartbeat_s=0.5, preload_engine=False,
+                        worker_threads=1, host="ssah.test")
+    with serve_stack(settings, free_port(), app_hook=add_compare_stand_in) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def token(service) -> str:
+    """A write token (what `ssah tokens create` prints)."""
+    from backend.store.tokens import create_token
+
+    with service.app.state.sessions.begin() as session:
+        return create_token(session, "ui tests", scope="write")[1]
+
+
+@pytest.fixture(scope="session")
+def api(service, token) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.api, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                      trust_env=False) as client:
+        yield client
+
+
+def _finished_run(api: httpx.Client, **fields) -> dict:
+    body = {"model": "llama", "safety": "safety.jsonl", "utility": "utility.jsonl", "samples": 12,
+            "batch_size": 4} | fields
+    accepted = api.post("/runs", json=body)
+    assert accepted.status_code == 202, accepted.text
+    done = poll_json(api, f"/runs/{accepted.json()['id']}", lambda b: b["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done
+    return done
+
+
+@pytest.fixture(scope="session")
+def run(api) -> dict:
+    """A finished run of the tiny Llama, made through the REST API."""
+    return _finished_run(api)
+
+
+@pytest.fixture(scope="session")
+def other_run(api, run) -> dict:
+    """A second run of the same model on fewer pairs (roles move a little), for Compare."""
+    return _finished_run(api, samples=8)
+
+
+@pytest.fixture(scope="module")
+def driver():
+    with browser() as d:
+        yield d
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, keep a screenshot of the page as it was (test-artifacts/ui/FAILED-<test>.png)."""
+    outcome = yield
+    report = outcome.get_result()
+    driver = item.funcargs.get("driver") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and driver is not None:
+        from uikit import screenshot
+
+        try:
+            path = screenshot(driver, f"FAILED-{item.name}")
+            report.sections.append(("page", f"{driver.current_url}\n{path}\n"
+                                            f"{driver.find_element('tag name', 'body').text[:3000]}"))
+        except Exception as error:  # the browser itself may be what failed
+            report.sections.append(("page", f"no screenshot: {error!r}"))

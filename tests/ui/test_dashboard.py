@@ -1,0 +1,193 @@
+"""The dashboard in headless Chromium against the real service: runs, a run's role map and threshold sliders, a
+prune preview with verdicts, share links in a fresh browser, and Compare. Screenshots go to test-artifacts/ui/."""
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from uikit import browser, chromium_available, screenshot, wait_until
+
+pytestmark = pytest.mark.skipif(not chromium_available(), reason="headless Chromium is not installed "
+                                                                  "(apt-get install chromium chromium-driver)")
+
+
+def page(service, path: str, token: str | None = None, **query) -> str:
+    query = query | ({"token": token} if token else {})
+    return f"{service.url}{path}{'?' + urlencode(query) if query else ''}"
+
+
+def text_of(driver, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def counts_on_page(driver) -> dict[str, int]:
+    """The four role counts, read in one script (a table half re-rendered cannot be read)."""
+    texts = driver.execute_script("return ['SCU', 'UCU', 'CU', 'RU'].map("
+                                  "r => document.getElementById('ov-count-' + r).textContent)")
+    return {role: int(text.replace(",", "")) for role, text in zip(("SCU", "UCU", "CU", "RU"), texts)}
+
+
+def counts_from_api(api, run_id: str, **thresholds) -> dict[str, int]:
+    overall = api.get(f"/runs/{run_id}/roles", params=thresholds).json()["overall"]
+    return {role: overall[role]["units"] for role in ("SCU", "UCU", "CU", "RU")}
+
+
+def query_of(driver) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(driver.current_url).query).items()}
+
+
+def wait_for_overview(driver) -> dict[str, int]:
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#ov-counts-table"), 60, "the role counts")
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#ov-map-mlp .heatmaplayer image, "
+                                                             "#ov-map-mlp .hm image"), 30, "the MLP role map")
+    return counts_on_page(driver)
+
+
+def test_the_runs_page_lists_runs_and_says_in_words_why_a_run_was_refused(service, token, run, driver):
+    driver.get(page(service, "/", token))
+    row = wait_until(lambda: driver.find_element(By.ID, "runs-list"), 30, "the runs table")
+    assert run["id"] in row.text and "succeeded" in row.text
+    samples = driver.find_element(By.ID, "runs-samples")
+    samples.clear()
+    samples.send_keys("100000", Keys.TAB)
+    driver.find_element(By.ID, "runs-submit").click()
+    alert = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#runs-submitted .alert-error"), 30,
+                       "the validation message")
+    assert "samples" in alert.text and "at most" in alert.text and "422" in alert.text, alert.text
+    assert driver.find_elements(By.CSS_SELECTOR, ".invalid #runs-samples, #runs-samples.invalid")  # field marked
+    screenshot(driver, "runs-page-refused")
+    for field, value in (("runs-model", "llama"), ("runs-safety", "safety.jsonl"), ("runs-utility", "utility.jsonl"),
+                         ("runs-samples", "6")):
+        box = driver.find_element(By.ID, field)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.TAB)
+    driver.find_element(By.ID, "runs-submit").click()
+    link = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#runs-submitted .alert-ok a"), 30, "the new run")
+    new_id = link.text
+    assert not driver.find_elements(By.CSS_SELECTOR, ".invalid #runs-samples")
+    # the table follows the run live (polling) until it has succeeded
+    wait_until(lambda: any(new_id in row.text and "succeeded" in row.text
+                           for row in driver.find_elements(By.CSS_SELECTOR, "#runs-list tbody tr")), 120,
+               "the new run to succeed in the table")
+    screenshot(driver, "runs-page")
+
+
+def test_a_finished_run_shows_its_role_map_counts_and_scatter(service, token, run, api, driver):
+    driver.get(page(service, f"/runs/{run['id']}", token))
+    counts = wait_for_overview(driver)
+    assert counts == counts_from_api(api, run["id"])
+    assert sum(counts.values()) == len(api.get(f"/runs/{run['id']}/units").json())
+    # hover names the unit and its scores: the heatmap cell under the mouse
+    heatmap = driver.find_element(By.CSS_SELECTOR, "#ov-map-mlp .nsewdrag")
+    ActionChains(driver).move_to_element_with_offset(heatmap, 5, 5).perform()
+    hover = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#ov-map-mlp .hoverlayer").text, 10,
+                       "the role map's hover label")
+    assert "MLP channel" in hover and "z_safety" in hover and "layer" in hover, hover
+    scatter = driver.find_element(By.ID, "ov-scatter").text
+    assert "SCU boundary" in scatter and "z_safety" in scatter
+    for fmt in ("parquet", "csv", "json"):
+        href = driver.find_element(By.ID, f"ov-export-{fmt}").get_attribute("href")
+        assert api.get(href.replace(service.api, "").split("?")[0], params={"format": fmt}).status_code == 200
+    screenshot(driver, "run-overview")
+
+
+def drag_thumb(driver, slider_id: str, pixels: int) -> None:
+    thumb = driver.find_element(By.CSS_SELECTOR, f"#{slider_id} [role=slider]")
+    ActionChains(driver).click_and_hold(thumb).move_by_offset(pixels, 0).release().perform()
+
+
+def test_moving_a_slider_recomputes_the_counts_and_the_url_keeps_the_view(service, token, run, api, driver):
+    driver.get(page(service, f"/runs/{run['id']}", token))
+    before = wait_for_overview(driver)
+    drag_thumb(driver, "ov-h_scu", 120)
+    moved = wait_until(lambda: (c := counts_on_page(driver)) != before and c, 30, "the counts to change")
+    h_scu = float(wait_until(lambda: query_of(driver).get("h_scu") not in (None, "0.01") and
+                             query_of(driver)["h_scu"], 10, "the URL to follow the slider"))
+    assert h_scu > 0.01
+    assert moved == counts_from_api(api, run["id"], h_scu=h_scu)
+    assert moved["SCU"] > before["SCU"]
+    screenshot(driver, "run-overview-slider")
+    driver.refresh()  # a reload reproduces the view
+    assert wait_for_overview(driver) == moved
+    thumb = driver.find_element(By.CSS_SELECTOR, "#ov-h_scu [role=slider]")
+    assert float(thumb.get_attribute("aria-valuenow")) == pytest.approx(h_scu)
+
+
+def test_pruning_a_group_previews_refusal_with_verdicts_side_by_side(service, token, run, driver):
+    driver.get(page(service, f"/runs/{run['id']}/intervene", token, groups="SCU", harmful="harmful.jsonl",
+                    benign="benign.jsonl", limit=2, tokens=8))
+    ucu = wait_until(lambda: driver.find_element(By.XPATH, "//div[@id='iv-groups']//label[contains(., 'UCU')]"
+                                                           "//input"), 30, "the role group toggles")
+    ucu.click()  # prune UCU too
+    wait_until(lambda: query_of(driver).get("groups") == "SCU,UCU", 10, "the URL to hold the groups")
+    driver.find_element(By.ID, "iv-start").click()
+    metrics = wait_until(lambda: driver.find_element(By.ID, "iv-metrics"), 180, "the preview result")
+    assert "ASR" in metrics.text and "over-refusal" in metrics.text and "pruned" in metrics.text
+    selection = text_of(driver, "#iv-selection")
+    assert "SCU,UCU" in selection and "reference" in selection
+    badges = driver.find_elements(By.CSS_SELECTOR, "#iv-generations .verdict")
+    assert len(badges) == 2 * 4  # 2 harmful + 2 benign prompts, baseline and pruned
+    assert {b.text.lower() for b in badges} <= {"refused", "complied", "degenerate"}
+    assert query_of(driver).get("job")  # the result is part of the view: a link reopens it
+    screenshot(driver, "intervene-preview")
+    driver.refresh()
+    wait_until(lambda: driver.find_element(By.ID, "iv-metrics"), 30, "the preview after a reload")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#iv-generations .verdict")) == 8
+
+
+def test_a_share_link_opens_the_same_view_in_a_fresh_browser(service, token, run, driver):
+    driver.get(page(service, f"/runs/{run['id']}", token, h_scu=0.05, h_ru=0.2, color="SCU"))
+    counts = wait_for_overview(driver)
+    assert not driver.find_elements(By.CSS_SELECTOR, ".shared-banner")  # a write token is no share
+    driver.find_element(By.ID, "ov-share").click()
+    link = wait_until(lambda: driver.find_element(By.ID, "ov-share-url").get_attribute("href"), 30, "a share link")
+    assert token not in link and "token=" in link and "h_scu=0.05" in link
+    with browser() as fresh:  # a new profile: no cookies, no storage, only the link
+        fresh.get(link)
+        assert wait_for_overview(fresh) == counts
+        assert "Shared view" in fresh.find_element(By.CSS_SELECTOR, ".shared-banner").text
+        for key, value in (("h_scu", 0.05), ("h_ru", 0.2)):
+            thumb = fresh.find_element(By.CSS_SELECTOR, f"#ov-{key} [role=slider]")
+            assert float(thumb.get_attribute("aria-valuenow")) == pytest.approx(value)
+        assert fresh.find_element(By.CSS_SELECTOR, "#ov-color input[value=SCU]").is_selected()
+        screenshot(fresh, "shared-view")
+        fresh.find_element(By.ID, "ov-share").click()  # a share token cannot write: said in words
+        refused = wait_until(lambda: fresh.find_element(By.CSS_SELECTOR, "#ov-share-out .alert-error").text, 30,
+                             "the refusal")
+        assert "read-only" in refused and "403" in refused
+
+
+def test_errors_from_the_api_are_shown_in_words(service, token, driver):
+    driver.get(page(service, "/runs/no-such-run", token))
+    alert = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, ".alert-error").text, 30, "the error")
+    assert "no run 'no-such-run'" in alert and "404" in alert
+    driver.get(page(service, "/"))  # no token on a server that needs one
+    alert = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#runs-table .alert-error").text, 30,
+                       "the error")
+    assert "token" in alert and "401" in alert
+
+
+def test_compare_shows_role_transitions_and_scu_overlap(service, token, run, other_run, api, driver):
+    driver.get(page(service, "/compare", token, a=run["id"], b=other_run["id"]))
+    stats = wait_until(lambda: driver.find_element(By.ID, "cmp-stats"), 30, "the comparison")
+    expected = api.get("/compare", params={"a": run["id"], "b": other_run["id"]}).json()
+    assert f"{expected['units']:,}" in stats.text
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#cmp-matrix .heatmaplayer image, #cmp-matrix .hm"),
+               30, "the transition matrix")
+    assert "Role transitions" in text_of(driver, "#cmp-matrix")
+    assert "SCU per layer" in text_of(driver, "#cmp-overlap")
+    screenshot(driver, "compare")
+
+
+def test_one_server_answers_the_api_its_docs_and_the_dashboard(service):
+    import httpx
+
+    with httpx.Client(base_url=service.url, trust_env=False, timeout=30) as client:
+        assert "swagger" in client.get("/docs").text.lower()
+        assert "/api/v1/runs" in client.get("/openapi.json").json()["paths"]
+        page = client.get("/runs/anything")  # every other path is the dashboard's
+        assert page.status_code == 200 and "<title>" in page.text and "_dash-config" in page.text
+        assert client.get("/api/v1/runs").status_code == 401  # the API keeps its own answers, token rules included

@@ -1,0 +1,128 @@
+"""Helpers of the browser tests and the dashboard benchmark: the whole service (API, worker, dashboard) served by
+uvicorn on a free loopback port, and headless Chromium driven by Selenium."""
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from app import mounts_for
+from backend.api.app import create_app
+from backend.api.settings import Settings
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str  # http://127.0.0.1:PORT
+    app: object  # the FastAPI app (its state holds the database sessions)
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+
+@contextmanager
+def serve_stack(settings: Settings, port: int, app_hook: Callable | None = None) -> Iterator[Served]:
+    """The API with the dashboard mounted at / (as `ssah serve` runs them), in a thread of this process."""
+    app = create_app(settings, mounts=mounts_for("127.0.0.1", port))
+    if app_hook:
+        app_hook(app)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="ssah-ui-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def chromium_available() -> bool:
+    return Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+
+
+@contextmanager
+def browser(width: int = 1400, height: int = 1000) -> Iterator:
+    """Headless Chromium with a fresh profile and no network besides loopback."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="ssah-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--disable-extensions", "--enable-unsafe-swiftshader",  # software WebGL
+                f"--user-data-dir={profile}", f"--window-size={width},{height}", "--proxy-server=direct://",
+                "--proxy-bypass-list=*"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30, what: str = "condition", poll: float = 0.1):
+    """Poll `condition` until it returns something truthy (which is returned); fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as error:  # an element not there yet, a stale element
+            last_error = error
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def screenshot(driver, name: str) -> Path:
+    """A full-page PNG under test-artifacts/ui/."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    width = driver.execute_script("return window.innerWidth")
+    driver.set_window_size(max(width, 1400), min(max(int(height) + 140, 800), 6000))
+    time.sleep(0.4)  # let plotly re-layout to the new size
+    driver.save_screenshot(str(path))
+    return path
+
+
+def poll_json(client: httpx.Client, path: str, check: Callable[[dict], bool], timeout: float = 180) -> dict:
+    """GET `path` until `check(body)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(path).json()
+        if check(body):
+            return body
+        assert time.monotonic() < deadline, f"{path}: still {body.get('status')} ({body.get('phase')})"
+        time.sleep(0.2)
