@@ -59,17 +59,22 @@ def read_job(job: JobDep) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", response_model=Deleted)
-def cancel_job(job: JobDep, _: WriterDep, session: SessionDep, runner: RunnerDep, response: Response) -> Deleted:
-    """Cancel a queued job at once, or ask its worker to stop a running one (202; watch it end as cancelled)."""
+def stop_job(session, runner, job: Job, response: Response) -> str | None:
+    """Cancel a queued job, or ask a running one's worker to stop (and answer 202); None if it had ended."""
     now = queue.cancel(session, job)
     session.commit()
     if now == "cancelling":
         runner.cancel(job.id)
         response.status_code = status.HTTP_202_ACCEPTED
-        return Deleted(id=job.id, status="cancelling")
-    if now == "cancelled":
-        return Deleted(id=job.id, status="cancelled")
+    return now
+
+
+@router.delete("/{job_id}", response_model=Deleted)
+def cancel_job(job: JobDep, _: WriterDep, session: SessionDep, runner: RunnerDep, response: Response) -> Deleted:
+    """Cancel a queued job at once, or ask its worker to stop a running one (202; watch it end as cancelled)."""
+    now = stop_job(session, runner, job, response)
+    if now is not None:
+        return Deleted(id=job.id, status=now)
     session.refresh(job)
     raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job.id} has already ended ({job.status})")
 

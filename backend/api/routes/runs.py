@@ -14,6 +14,7 @@ from backend.store.models import ACTIVE, Job, Run, new_id
 from backend.store.results import RunUnits
 
 from .. import checks
+from .jobs import stop_job
 from ..deps import CallerDep, ResultsDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
 from ..schemas import Accepted, Deleted, FinetuneCreate, PreviewCreate, RolesOut, RunCreate, RunList, RunOut, Status
 from ..settings import Settings
@@ -98,14 +99,9 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
     """Cancel a queued or running run; delete a finished one with its folder, previews and fine-tune records."""
     job = queue.attribution_job(session, run.id)
     if run.status in ACTIVE and job is not None:
-        now = queue.cancel(session, job)
-        session.commit()
-        if now == "cancelling":
-            runner.cancel(job.id)
-            response.status_code = status.HTTP_202_ACCEPTED
-            return Deleted(id=run.id, status="cancelling")
-        if now == "cancelled":
-            return Deleted(id=run.id, status="cancelled")
+        now = stop_job(session, runner, job, response)
+        if now is not None:
+            return Deleted(id=run.id, status=now)
         session.refresh(run)  # it finished meanwhile: delete it below
     for other in queue.active_jobs(session, run.id):
         if queue.cancel(session, other) == "cancelling":
