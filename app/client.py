@@ -158,20 +158,16 @@ class Api:
                                404) from None
             raise
 
+    def me(self) -> dict:
+        """The caller's token as the API sees it (`GET /tokens/me`): auth, scope, run_id, expires_at."""
+        return self.get("/tokens/me")
+
     def read_only(self) -> bool:
-        """Whether this caller holds a share token (read-only, one run). The API has no "who am I" route yet, so
-        this asks for a run that cannot exist: a share token is refused (403) before the lookup, any other caller
-        gets 404. Remembered per token."""
+        """Whether this caller holds a share token (read-only, one run). Remembered per token."""
         if not self.token:
             return False
         if self.token not in _read_only:
-            try:
-                self.get("/runs/" + "0" * 32)
-                _read_only[self.token] = False
-            except ApiError as error:
-                if error.status not in (403, 404):
-                    raise
-                _read_only[self.token] = error.status == 403
+            _read_only[self.token] = self.me()["scope"] == "read"
         return _read_only[self.token]
 
     def models(self) -> list[dict]:

@@ -191,7 +191,7 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+        new = old[:start] + text.rstrip("\n") + ("\n\n" + old[end + 1:] if end >= 0 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new.rstrip("\n") + "\n")
 

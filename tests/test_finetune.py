@@ -9,8 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from backend.engine import attribute, load_model
 from backend.engine.data import DataError, Pair, encode_pairs
-from backend.engine.finetune import (FinetuneConfig, count_trainable, finetune, response_loss, save_model,
-                                     trainable_masks)
+from backend.engine.finetune import (FinetuneConfig, count_trainable, finetune, load_masks, mask_plan,
+                                     response_loss, save_model, trainable_masks)
+from backend.engine.models import skeleton
 from backend.engine.interventions import GroupSpec, InterventionError, select
 
 FREEZE = GroupSpec.parse("SCU,CU:0.06")
@@ -147,6 +148,40 @@ def test_random_freeze_control_matches_mass_and_seed(tiny_model_path, run_of):
     # `random` alone is the paper's control for SCU: the same masks as SCU,random
     alone = trainable_masks(loaded, units, freeze=GroupSpec.parse("random"), seed=0)
     assert all(torch.equal(alone[n], a[n]) for n in a)
+
+
+# ---------------------------------------------------------------- masks as files, for other training code
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2", "gpt_neox", "phi3"])
+def test_a_masks_file_loads_into_the_same_masks_and_needs_no_weights(arch, tiny_model_path, run_of, tmp_path):
+    """What `GET /runs/{id}/masks` serves: made from the config alone (meta device), saved, and loaded back into
+    another process's model, it gives exactly the masks the fine-tune uses."""
+    loaded, units = fresh(tiny_model_path, arch), run_of(arch)
+    unit_map, shapes = skeleton(str(tiny_model_path(arch)))
+    assert shapes == {n: tuple(p.shape) for n, p in loaded.model.named_parameters()}
+    assert unit_map.blocks == loaded.units.blocks and unit_map.total_params == loaded.units.total_params
+    for mode, spec in (("freeze", FREEZE), ("train_only", BUDGET)):
+        plan = mask_plan(unit_map, shapes, units, **{mode: spec})
+        masks = load_masks(plan.save(tmp_path / f"{mode}.safetensors"), loaded.model)
+        expected = trainable_masks(loaded, units, **{mode: spec})
+        for name, p in loaded.model.named_parameters():
+            assert torch.equal(full(masks[name], p), full(expected[name], p)), (mode, name)
+        assert plan.counts() == count_trainable(loaded.model, expected)
+
+
+def test_a_masks_file_for_another_model_or_no_masks_file_is_refused(tiny_model_path, run_of, tmp_path):
+    loaded, units = fresh(tiny_model_path, "llama-gqa"), run_of("llama-gqa")
+    unit_map, shapes = skeleton(str(tiny_model_path("llama-gqa")))
+    path = mask_plan(unit_map, shapes, units, freeze=FREEZE).save(tmp_path / "masks.safetensors")
+    other = fresh(tiny_model_path, "llama").model
+    with pytest.raises(DataError, match="made for another model"):
+        load_masks(path, other)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="not a masks file"):
+        load_masks(tmp_path / "junk.safetensors", loaded.model)
+    with pytest.raises(DataError, match="no masks file"):
+        load_masks(tmp_path / "missing.safetensors")
 
 
 # ---------------------------------------------------------------- the loss and reproducibility

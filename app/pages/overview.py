@@ -83,10 +83,29 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
                       *[html.A(fmt.upper(), href=api_link(f"/runs/{run_id}/units", token, format=fmt),
                                className="button button-quiet", download="", target="_blank", id=f"ov-export-{fmt}")
                         for fmt in ("parquet", "csv", "json")]], className="actions"),
+            html.Div([html.Span("Freeze masks for your own training code (at these thresholds): ", className="muted"),
+                      html.Span(_mask_links(run_id, token, values), id="ov-masks")], className="actions"),
             html.Div([html.Button("Share this view", id="ov-share", className="button"),
                       html.Div(id="ov-share-out", className="share-out")], className="actions"),
         ], className="card"),
     ])
+
+
+MASKS = (("freeze SCU", "freeze", "SCU"), ("freeze SCU + 6% CU", "freeze", "SCU,CU:0.06"),
+         ("train only RU", "train_only", "RU"))
+
+
+def _mask_links(run_id: str, token: str | None, thresholds: dict) -> list:
+    """safetensors files of the entries each choice owns (`backend.engine.finetune.load_masks` reads them)."""
+    return [html.A(label, href=api_link(f"/runs/{run_id}/masks", token, groups=groups, mode=mode,
+                                        **{k: thresholds[k] for k in SLIDERS}),
+                   className="button button-quiet", download="", target="_blank", id=f"ov-mask-{i}")
+            for i, (label, mode, groups) in enumerate(MASKS)]
+
+
+@callback(Output("ov-masks", "children"), Input("ov-view", "data"))
+def _masks(view):
+    return _mask_links(view["_run"], view.get("token"), view)
 
 
 def _describe(run: dict) -> html.Div:

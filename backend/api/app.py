@@ -20,7 +20,7 @@ from backend.jobs.runner import recover_lost_jobs
 from backend.store.db import make_engine, session_factory
 from backend.store.results import Results, UnitsCache
 
-from .routes import catalog, jobs, runs, shares
+from .routes import catalog, compare, jobs, runs, shares, tokens
 from .settings import Settings
 
 API_PREFIX = "/api/v1"
@@ -82,6 +82,34 @@ class BodyLimit:
             await self._too_large()(scope, receive, send)
 
 
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def no_such_route(app: FastAPI) -> None:
+    """Every other path under /api/v1 answers JSON (404, or 405 with Allow when the path exists for other
+    methods), so that a client never gets the dashboard's HTML page for a mistyped API path."""
+    from starlette.routing import Match, Mount
+
+    def allowed(scope: Scope) -> set[str]:
+        methods: set[str] = set()
+        for route in app.router.routes:
+            if isinstance(route, Mount) or getattr(route, "endpoint", None) is missing:
+                continue
+            methods |= {m for m in METHODS if route.matches({**scope, "method": m})[0] == Match.FULL}
+        return methods
+
+    async def missing(request: Request) -> JSONResponse:
+        methods = allowed(dict(request.scope))
+        if methods:
+            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405,
+                                headers={"Allow": ", ".join(sorted(methods))})
+        return JSONResponse({"detail": f"no API route {request.url.path}; the routes are listed at /docs"},
+                            status_code=404)
+
+    for path in (API_PREFIX, API_PREFIX + "/{rest:path}"):
+        app.add_api_route(path, missing, methods=METHODS, include_in_schema=False)
+
+
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None,
                mounts: Mapping[str, ASGIApp] | None = None) -> FastAPI:
     """The service. `runner` defaults to the one the settings name; `mounts` maps paths to ASGI apps served
@@ -114,8 +142,9 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     app.state.units = UnitsCache()
     app.state.runner = runner if runner is not None else make_runner(settings)
 
-    for module in (runs, jobs, shares, catalog):
+    for module in (runs, jobs, shares, compare, tokens, catalog):
         app.include_router(module.router, prefix=API_PREFIX)
+    no_such_route(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

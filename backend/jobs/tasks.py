@@ -64,13 +64,7 @@ def units_at(units, groups: dict):
 
 def group_label(groups: dict) -> str:
     """`SCU,CU:0.06`, `random (seed 0)`: the groups as the CLI writes them."""
-    parts = list(groups.get("groups", ()))
-    if groups.get("cu_fraction"):
-        parts.append(f"CU:{groups['cu_fraction']:g}")
-    if groups.get("random"):
-        parts.append("random")
-    label = ",".join(parts)
-    return f"{label} (seed {groups.get('seed', 0)})" if groups.get("random") else label
+    return group_spec(groups).label(groups.get("seed", 0))
 
 
 def prompt_sets(names: list[str], limit: int, paths: dict[str, str]) -> dict[str, list[str]]:

@@ -53,6 +53,26 @@ class Results:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
+    def encoded(self, name: str, fmt: str, table: "pd.DataFrame") -> Path | None:
+        """A run's units as CSV or JSON records, encoded once and kept beside units.parquet as a hidden file
+        (folders never change once published); None when the folder cannot be written."""
+        path = self.folder(name) / f".units.{fmt}"
+        if path.is_file():
+            return path
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            if fmt == "csv":
+                table.to_csv(tmp, index=False)
+            elif fmt == "json":
+                table.to_json(tmp, orient="records", double_precision=15)
+            else:
+                raise ValueError(f"no encoding {fmt!r}")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return None
+        return path
+
     def remove(self, name: str | None) -> None:
         """Delete a run folder: renamed away first, so it is never seen half deleted."""
         if not name or not self.folder(name).exists():

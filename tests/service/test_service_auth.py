@@ -67,8 +67,16 @@ def test_tokens_guard_a_public_server_and_share_links_read_one_run_until_they_ex
             .status_code == 200  # a GET may carry the token in the query, as the link does
         assert client.get(f"{API}/jobs/{shared['job_id']}", headers=reader).status_code == 200
         assert [r["id"] for r in client.get(f"{API}/runs", headers=reader).json()["data"]] == [shared["id"]]
+        me = client.get(f"{API}/tokens/me", headers=reader).json()
+        assert (me["auth"], me["scope"], me["run_id"]) == (True, "read", shared["id"]) and me["expires_at"]
+        assert client.get(f"{API}/tokens/me", headers=writer).json()["scope"] == "write"
+        assert client.get(f"{API}/tokens/me").status_code == 401
         # ... but no other run ...
         assert client.get(f"{API}/runs/{other['id']}", headers=reader).status_code == 403
+        assert client.get(f"{API}/compare", params={"a": shared["id"], "b": other["id"]}, headers=reader) \
+            .status_code == 403
+        assert client.get(f"{API}/runs/{other['id']}/masks", params={"groups": "SCU"}, headers=reader) \
+            .status_code == 403
         assert client.get(f"{API}/runs/{other['id']}/units", headers=reader).status_code == 403
         assert client.get(f"{API}/jobs/{other['job_id']}", headers=reader).status_code == 403
         # ... and it cannot write

@@ -95,6 +95,8 @@ def test_units_come_in_json_csv_and_parquet_with_the_same_rows(client, run, runs
     csv = client.get(f"{API}/runs/{run['id']}/units", params={"format": "csv"})
     assert csv.headers["content-type"].startswith("text/csv")
     pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(csv.text)), stored, check_dtype=False)
+    assert (runs_dir / run["id"] / ".units.csv").is_file()  # encoded once, then served as a file
+    assert client.get(f"{API}/runs/{run['id']}/units", params={"format": "csv"}).content == csv.content
 
     records = client.get(f"{API}/runs/{run['id']}/units").json()
     assert len(records) == len(stored) and list(records[0]) == list(stored.columns)

@@ -14,12 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import HTTPException, Request
-from fastapi.routing import APIRoute
 from uikit import browser, free_port, poll_json, serve_stack
 
 from backend.api.settings import Settings
-from backend.store.models import Run
 
 @pytest.fixture(scope="session", autouse=True)
 def _ssah_home(tmp_path_factory) -> Iterator[Path]:
@@ -47,30 +44,6 @@ def roots(tiny_model_path, safety_pairs, utility_pairs, tmp_path_factory) -> tup
     return models, data
 
 
-def add_compare_stand_in(app) -> None:
-    """Until the API has `GET /api/v1/compare?a=&b=`, the tests serve a stand-in of exactly the shape the Compare
-    page asks for (the engine's RoleTransfer.to_dict()), placed before the dashboard's mount at /."""
-    if any(getattr(route, "path", "") == "/api/v1/compare" for route in app.routes):
-        return
-    def compare(a: str, b: str, request: Request) -> dict:
-        from backend.engine.transfer import compare as role_transfer
-
-        state = request.app.state
-        tables = []
-        with state.sessions() as session:
-            for run_id in (a, b):
-                run = session.get(Run, run_id)
-                if run is None or not run.result_dir:
-                    raise HTTPException(404, detail=f"no finished run {run_id!r}")
-                tables.append(state.units.get(state.results.folder(run.result_dir)).table)
-        try:
-            return role_transfer(*tables).to_dict()
-        except ValueError as error:
-            raise HTTPException(422, detail=str(error)) from None
-
-    app.router.routes.insert(0, APIRoute("/api/v1/compare", compare, methods=["GET"]))
-
-
 @pytest.fixture(scope="session")
 def service(roots, tmp_path_factory):
     """The service with tokens required (bound to loopback, but configured as a team server would be)."""
@@ -80,7 +53,7 @@ def service(roots, tmp_path_factory):
                         results_dir=folder / "runs", devices=["cpu"], dtype="float32", model_roots=[models],
                         data_roots=[data], progress_interval_s=0.05, heartbeat_s=0.5, preload_engine=False,
                         worker_threads=1, host="ssah.test")
-    with serve_stack(settings, free_port(), app_hook=add_compare_stand_in) as served:
+    with serve_stack(settings, free_port()) as served:
         yield served
 
 

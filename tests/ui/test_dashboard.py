@@ -2,6 +2,7 @@
 prune preview with verdicts, share links in a fresh browser, and Compare. Screenshots go to test-artifacts/ui/."""
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -110,6 +111,13 @@ def test_moving_a_slider_recomputes_the_counts_and_the_url_keeps_the_view(servic
     assert moved == counts_from_api(api, run["id"], h_scu=h_scu)
     assert moved["SCU"] > before["SCU"]
     screenshot(driver, "run-overview-slider")
+    masks = urlsplit(driver.find_element(By.ID, "ov-mask-1").get_attribute("href"))  # masks follow the sliders
+    query = {k: v[0] for k, v in parse_qs(masks.query).items()}
+    assert float(query["h_scu"]) == pytest.approx(h_scu) and query["groups"] == "SCU,CU:0.06"
+    download = api.get(masks.path.removeprefix("/api/v1"), params=query)
+    assert download.status_code == 200
+    header = json.loads(download.content[8:8 + int.from_bytes(download.content[:8], "little")])  # safetensors
+    assert header["__metadata__"]["mode"] == "freeze" and any(key.endswith("@0") for key in header)
     driver.refresh()  # a reload reproduces the view
     assert wait_for_overview(driver) == moved
     thumb = driver.find_element(By.CSS_SELECTOR, "#ov-h_scu [role=slider]")
@@ -191,3 +199,5 @@ def test_one_server_answers_the_api_its_docs_and_the_dashboard(service):
         page = client.get("/runs/anything")  # every other path is the dashboard's
         assert page.status_code == 200 and "<title>" in page.text and "_dash-config" in page.text
         assert client.get("/api/v1/runs").status_code == 401  # the API keeps its own answers, token rules included
+        missing = client.get("/api/v1/no-such-route")  # a mistyped API path is the API's, in JSON
+        assert missing.status_code == 404 and "no API route" in missing.json()["detail"]

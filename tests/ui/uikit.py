@@ -41,11 +41,9 @@ class Served:
 
 
 @contextmanager
-def serve_stack(settings: Settings, port: int, app_hook: Callable | None = None) -> Iterator[Served]:
+def serve_stack(settings: Settings, port: int) -> Iterator[Served]:
     """The API with the dashboard mounted at / (as `ssah serve` runs them), in a thread of this process."""
     app = create_app(settings, mounts=mounts_for("127.0.0.1", port))
-    if app_hook:
-        app_hook(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="ssah-ui-server", daemon=True)
     thread.start()

@@ -1,11 +1,10 @@
 """Runs: attribute a model, read its units and roles, and start previews and fine-tunes on it."""
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -121,34 +120,85 @@ def read_units(run: RunDep, results: ResultsDep, units: UnitsDep,
     """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
     Parquet is the run folder's own file; csv and json hold the same rows (json as a list of records)."""
     table = finished_units(run, results, units).table
+    folder = results.folder(run.result_dir)
     if format == "parquet":
-        return FileResponse(results.folder(run.result_dir) / "units.parquet", filename=f"units-{run.id}.parquet",
+        return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
                             media_type="application/vnd.apache.parquet")
-    if format == "csv":
-        buffer = io.StringIO()
-        table.to_csv(buffer, index=False)
-        return Response(buffer.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="units-{run.id}.csv"'})
-    return Response(table.to_json(orient="records", double_precision=15), media_type="application/json")
+    media = {"csv": "text/csv", "json": "application/json"}[format]
+    name = {"csv": f"units-{run.id}.csv", "json": None}[format]  # json is shown inline, csv downloaded
+    encoded = results.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
+    if encoded is not None:
+        return FileResponse(encoded, media_type=media, filename=name)
+    body = table.to_csv(index=False) if format == "csv" else table.to_json(orient="records", double_precision=15)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'} if name else None
+    return Response(body, media_type=media, headers=headers)
 
 
-@router.get("/{run_id}/roles", response_model=RolesOut)
-def read_roles(run: RunDep, results: ResultsDep, units: UnitsDep,
-               h_ru: float | None = Query(None, ge=0, le=1), h_scu: float | None = Query(None, ge=0, le=1),
-               h_ucu: float | None = Query(None, ge=0, le=1)) -> RolesOut:
-    """Roles recomputed from the stored z-scores at other thresholds (default: the run's own), with counts and
-    parameter fractions overall and per layer (as engine.roles.role_summary gives them)."""
+def thresholds_of(run: Run, h_ru: float | None, h_scu: float | None, h_ucu: float | None):
+    """The thresholds asked for, each defaulting to the run's own (422 when they do not fit together)."""
     from backend.engine.roles import Thresholds
 
-    indexed = finished_units(run, results, units)
     stored = run.settings.get("thresholds", {})
     asked = {"h_ru": h_ru, "h_scu": h_scu, "h_ucu": h_ucu}
     values = {k: v if v is not None else stored.get(k, Thresholds().as_dict()[k]) for k, v in asked.items()}
     try:
-        thresholds = Thresholds(**values)
+        return Thresholds(**values)
     except ValueError as error:
         raise checks.bad_field(("query", "h_ucu"), str(error)) from None
+
+
+def fraction():
+    """A threshold in the query (each parameter needs its own Query: FastAPI names a shared one after its first
+    use)."""
+    return Query(None, ge=0, le=1)
+
+
+@router.get("/{run_id}/roles", response_model=RolesOut)
+def read_roles(run: RunDep, results: ResultsDep, units: UnitsDep, h_ru: float | None = fraction(),
+               h_scu: float | None = fraction(), h_ucu: float | None = fraction()) -> RolesOut:
+    """Roles recomputed from the stored z-scores at other thresholds (default: the run's own), with counts and
+    parameter fractions overall and per layer (as engine.roles.role_summary gives them)."""
+    indexed = finished_units(run, results, units)
+    thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
     return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
+
+
+@router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}})
+def read_masks(run: RunDep, results: ResultsDep, units: UnitsDep,
+               groups: str = Query(min_length=1, max_length=200, description="e.g. SCU,CU:0.06 or RU or SCU,random"),
+               mode: Literal["freeze", "train_only"] = "freeze", seed: int = Query(0, ge=0, le=2**32 - 1),
+               h_ru: float | None = fraction(), h_scu: float | None = fraction(), h_ucu: float | None = fraction(),
+               format: Literal["safetensors", "json"] = "safetensors") -> Response:
+    """Freeze masks for your own training code. `mode=freeze`: the entries the groups own stay fixed;
+    `mode=train_only` (the alignment budget): only they train. Roles are taken at the thresholds given (default:
+    the run's own). safetensors holds one int64 index tensor per owned (parameter, axis), keyed `param@axis`, with
+    the mode and all parameter shapes in its metadata (`backend.engine.finetune.load_masks` makes dense masks);
+    json holds the same."""
+    from backend.engine.finetune import mask_plan
+    from backend.engine.interventions import GroupSpec, InterventionError
+    from backend.engine.roles import reclassify
+
+    table = finished_units(run, results, units).table
+    thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
+    if thresholds.as_dict() != run.settings.get("thresholds"):
+        table = reclassify(table, thresholds)
+    try:
+        spec = GroupSpec.parse(groups)
+    except InterventionError as error:
+        raise checks.bad_field(("query", "groups"), str(error)) from None
+    unit_map, shapes = checks.model_skeleton(run)
+    try:
+        plan = mask_plan(unit_map, shapes, table, seed=seed,
+                         **{mode: spec})
+    except InterventionError as error:
+        raise checks.bad_field(("query", "groups"), str(error)) from None
+    if not plan.owned:
+        raise checks.bad_field(("query", "groups"), f"{groups!r} selects no unit of this run at these thresholds")
+    name = f"masks-{run.id}-{mode}-{spec.label(seed).split(' ')[0].replace(',', '+').replace(':', '')}"
+    if format == "json":
+        return JSONResponse(plan.to_json(), headers={"Content-Disposition": f'attachment; filename="{name}.json"'})
+    return Response(plan.to_bytes(), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.safetensors"'})
 
 
 def queue_job(session: Session, settings: Settings, runner, kind: str, run: Run, request: dict) -> Accepted:
