@@ -135,6 +135,47 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", action="store_true")
     ft.add_argument("--quiet", action="store_true")
 
+    al = sub.add_parser("align", help="safety-align a chat model on a CPU (full fine-tuning or the alignment "
+                                      "budget) and check it on sets never trained on")
+    al.add_argument("--model", default="smollm2-135m-instruct", help="the unaligned model")
+    al.add_argument("--mode", choices=["full", "budget"], default="full",
+                    help="full: train every parameter; budget: only the base model's redundant units (RU)")
+    al.add_argument("--steps", type=_positive("--steps", 100_000), default=150)
+    al.add_argument("--lr", type=float, default=None, help="default 5e-5 (full) or 2e-4 (budget)")
+    al.add_argument("--batch-size", type=_positive("--batch-size", 1024), default=8)
+    al.add_argument("--h-ru", type=_fraction("--h-ru"), default=0.1,
+                    help="budget mode: RU's share of unit parameters in the base model's attribution")
+    al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="donotanswer",
+                    help="harmful source left out of training, evaluated as unseen")
+    al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
+                    help="train on at most N harmful and N benign prompts (quick trials)")
+    al.add_argument("--out", required=True, help="folder for the aligned model")
+    al.add_argument("--delta", help="also write the change from the base as a small delta file; the model in "
+                                    "--out is then rebuilt from base + delta, so the figures are the shipped model's")
+    al.add_argument("--limit", type=_positive("--limit", 10_000), default=None,
+                    help="evaluate on the first N prompts of each set (default: all)")
+    al.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    al.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 4096), default=48)
+    al.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--json", action="store_true")
+    al.add_argument("--quiet", action="store_true")
+
+    rp = sub.add_parser("reproduce", help="the paper's experiments on an aligned model, written as markdown "
+                                          "(docs/results.md); steps are cached in --work and resume")
+    rp.add_argument("--aligned", default="smollm2-135m-safe", help="the aligned model the tables are about")
+    rp.add_argument("--full-report", type=Path, help="alignment.json of `ssah align --mode full`")
+    rp.add_argument("--budget-report", type=Path, help="alignment.json of `ssah align --mode budget`")
+    rp.add_argument("--work", type=Path, required=True, help="folder for runs, models and cached step results")
+    rp.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    rp.add_argument("--samples", type=_positive("--samples", 100_000), default=128)
+    rp.add_argument("--harmful-limit", type=_positive("--harmful-limit", 10_000), default=100)
+    rp.add_argument("--benign-limit", type=_positive("--benign-limit", 10_000), default=80)
+    rp.add_argument("--max-new-tokens", type=_positive("--max-new-tokens", 4096), default=48)
+    rp.add_argument("--finetune-steps", type=_positive("--finetune-steps", 100_000), default=100)
+    rp.add_argument("--finetune-lr", type=float, default=1e-4)
+    rp.add_argument("--quiet", action="store_true")
+
     cmp_ = sub.add_parser("compare", help="role transfer between two runs of one architecture")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")
@@ -306,6 +347,132 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cached_evaluation(loaded, held_out: str, limit, max_new_tokens: int, progress) -> dict:
+    """The evaluation of an unchanged model, cached under SSAH_HOME by its content and the settings."""
+    import hashlib
+
+    from backend.engine.align import evaluate_alignment
+    from backend.engine.models import content_hash, ssah_home
+
+    key = hashlib.sha256(json.dumps([content_hash(loaded.folder), held_out, limit, max_new_tokens, 1]).encode())
+    path = ssah_home() / "evaluations" / f"{key.hexdigest()[:32]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = evaluate_alignment(loaded, held_out, limit=limit, max_new_tokens=max_new_tokens, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    import time
+
+    from backend.engine import load_model
+    from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
+    from backend.engine.finetune import save_model
+
+    lr = args.lr if args.lr is not None else (5e-5 if args.mode == "full" else 2e-4)
+    config = AlignConfig(mode=args.mode, steps=args.steps, lr=lr, batch_size=args.batch_size, seed=args.seed,
+                         held_out=args.held_out, h_ru=args.h_ru, limit=args.train_limit)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
+        raise ValueError(f"--out {out} exists and is not a model folder; give a new folder")
+    progress = None if args.quiet else _progress_bar()
+    timings = {}
+    try:
+        t0 = time.perf_counter()
+        loaded = load_model(args.model, device=args.device, dtype="float32")  # AdamW steps vanish in bf16
+        base_folder = loaded.folder
+        base_eval = None
+        if not args.no_eval:
+            base_eval = _cached_evaluation(loaded, args.held_out, args.limit, args.max_new_tokens, progress)
+        timings["base evaluation"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        log = align(loaded, config, progress=progress)
+        timings["alignment (data, attribution, training)"] = round(time.perf_counter() - t0, 1)
+        save_model(loaded, out)
+        if args.delta:
+            loaded = _rebuild_from_delta(base_folder, out, Path(args.delta), args.device)
+        aligned_eval = None
+        if not args.no_eval:
+            t0 = time.perf_counter()
+            aligned_eval = evaluate_alignment(loaded, args.held_out, limit=args.limit,
+                                              max_new_tokens=args.max_new_tokens, progress=progress)
+            timings["aligned evaluation"] = round(time.perf_counter() - t0, 1)
+    finally:
+        if progress:
+            progress.close()
+    report = {"model": args.model, "out": str(out), "delta": args.delta, **log, "timings": timings,
+              "base": base_eval, "aligned": aligned_eval,
+              "targets": targets(aligned_eval, base_eval, args.held_out) if aligned_eval else None}
+    report_path(out).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"wrote {out} ({args.mode}; {log['training']['trainable_params']:,} trainable parameters, loss "
+          f"{log['training']['loss'][0]:.3f} -> {log['training']['loss'][-1]:.3f}; {log['seconds']:.0f} s)")
+    if aligned_eval:
+        print(f"{'set':<16} {'measure':<14} {'base':>7} {'aligned':>8}")
+        for name, row in aligned_eval["sets"].items():
+            key = "asr" if row["kind"] == "harmful" else "refusal_rate"
+            print(f"{name:<16} {key:<14} {_pct(base_eval['sets'][name][key]):>7} {_pct(row[key]):>8}")
+        print(f"{'facts':<16} {'accuracy':<14} {_pct(base_eval['facts_accuracy']):>7} "
+              f"{_pct(aligned_eval['facts_accuracy']):>8}")
+        for name, target in report["targets"].items():
+            print(f"{'met ' if target['met'] else 'MISSED'} {name}")
+    return 0
+
+
+def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str):
+    """Write the delta of `out` against `base`, rebuild `out` from base + delta, and load that model."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from backend.engine import load_model
+    from backend.engine.delta import derive_folder, make_delta, save_delta
+
+    tensors, meta = make_delta(load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors")),
+                               base_name=base.name)
+    save_delta(delta, tensors, meta)
+    rebuilt = Path(tempfile.mkdtemp(prefix=".rebuilt-", dir=out.parent)) / "model"
+    derive_folder(base, delta, rebuilt)
+    shutil.copy2(rebuilt / "model.safetensors", out / "model.safetensors")
+    shutil.rmtree(rebuilt.parent, ignore_errors=True)
+    return load_model(str(out), device=device, dtype="float32")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from backend.engine.paper import ReproConfig, Steps, budget_section, freeze_table, markdown, pruning_table, \
+        transfer_section
+
+    config = ReproConfig(aligned=args.aligned, samples=args.samples, harmful_limit=args.harmful_limit,
+                         benign_limit=args.benign_limit, max_new_tokens=args.max_new_tokens,
+                         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
+    for report in (args.full_report, args.budget_report):
+        if report is not None and not report.is_file():
+            raise ValueError(f"no alignment report at {report}; `ssah align --out DIR` writes DIR/alignment.json")
+    progress = None if args.quiet else _progress_bar()
+    steps = Steps(args.work, progress)
+    try:
+        sections = {"pruning": pruning_table(steps, config), "freezing": freeze_table(steps, config),
+                    "transfer": transfer_section(steps, config),
+                    "budget": budget_section(args.full_report, args.budget_report)}
+    finally:
+        if progress:
+            progress.close()
+    command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(sections, config, command, steps.timings)
+    old = args.out.read_text() if args.out.is_file() else ""
+    if "\n## Discussion" in old:  # written by people: kept across regenerations
+        text = text.rstrip("\n") + "\n\n" + old[old.index("\n## Discussion") + 1:]
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from backend.engine.attribution import load_run
     from backend.engine.transfer import compare
@@ -402,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     from backend.engine.data import DataError
     from backend.engine.models import ModelError
 
-    handlers = {"attribute": cmd_attribute, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+    handlers = {"attribute": cmd_attribute, "evaluate": cmd_evaluate, "finetune": cmd_finetune, "align": cmd_align,
+                "reproduce": cmd_reproduce,
                 "compare": cmd_compare, "models": cmd_models, "data": cmd_data, "serve": cmd_serve,
                 "tokens": cmd_tokens}
     try:

@@ -282,7 +282,7 @@ def test_benign_answers_use_benign_text_and_authored_pairs():
 def test_list_datasets_matches_what_loads():
     infos = {info.name: info for info in list_datasets()}
     assert set(infos) == {"advbench-refusals", "benign-answers", "advbench-eval", "harmbench", "donotanswer",
-                          "benign-prompts", "benign-edgy", "gsm8k"}
+                          "benign-prompts", "benign-edgy", "alarming-benign", "facts", "gsm8k"}
     for name, info in infos.items():
         assert info.size == len(load_pairs(name).pairs)
         assert info.description and info.source

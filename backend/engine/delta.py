@@ -1,0 +1,147 @@
+"""Weight deltas: a fine-tuned model stored as the rows or columns that changed from its base, small enough to ship
+inside the package (the built-in smollm2-135m-safe is SmolLM2-135M-Instruct plus such a file).
+
+A delta file is safetensors: per changed parameter either `NAME@AXIS.index` (int32, the changed rows/columns along
+AXIS) with `NAME@AXIS.delta` (those slices of new - base), or `NAME.delta` (the whole difference). The metadata
+holds the format, the base's name and a checksum of the base tensors it changes, so a delta is never applied to
+other weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DELTA_FORMAT = "ssah-delta/1"
+WEIGHTS = "model.safetensors"
+
+
+class DeltaError(ValueError):
+    """A delta that cannot be made or applied; the message says why."""
+
+
+def _checksum(state: dict[str, torch.Tensor], names) -> str:
+    h = hashlib.sha256()
+    for name in sorted(names):
+        h.update(name.encode() + b"\0" + state[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, dtype: torch.dtype = torch.float16,
+               base_name: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of what changed from `base` to `new`, slice by slice along the cheaper axis."""
+    if set(base) != set(new):
+        raise DeltaError(f"the models have different parameters: {sorted(set(base) ^ set(new))[:3]}")
+    tensors: dict[str, torch.Tensor] = {}
+    changed = []
+    for name in sorted(base):
+        a, b = base[name].to(torch.float32), new[name].to(torch.float32)
+        if a.shape != b.shape:
+            raise DeltaError(f"{name} is {tuple(a.shape)} in the base and {tuple(b.shape)} in the new model")
+        diff = b - a
+        nonzero = diff != 0
+        if not nonzero.any():
+            continue
+        changed.append(name)
+        best = None
+        for axis in range(diff.dim()):
+            others = [d for d in range(diff.dim()) if d != axis]
+            hit = nonzero.any(dim=others) if others else nonzero
+            idx = hit.nonzero().flatten()
+            cost = len(idx) * (diff.numel() // diff.shape[axis])
+            if best is None or cost < best[0]:
+                best = (cost, axis, idx)
+        cost, axis, idx = best
+        if cost >= diff.numel():
+            tensors[f"{name}.delta"] = diff.to(dtype).contiguous()
+        else:
+            tensors[f"{name}@{axis}.index"] = idx.to(torch.int32).contiguous()
+            tensors[f"{name}@{axis}.delta"] = diff.index_select(axis, idx).to(dtype).contiguous()
+    meta = {"format": DELTA_FORMAT, "base": base_name, "base_checksum": _checksum(base, changed),
+            "changed": json.dumps(changed)}
+    return tensors, meta
+
+
+def save_delta(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeltaError(f"no delta file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as error:
+        raise DeltaError(f"{path} is not a readable delta file: {error}") from None
+    if meta.get("format") != DELTA_FORMAT:
+        raise DeltaError(f"{path} is not an {DELTA_FORMAT} file")
+    return tensors, meta
+
+
+def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Add the delta to `state` in place, after checking that the base is the one it was made from."""
+    changed = json.loads(meta.get("changed", "[]"))
+    missing = [n for n in changed if n not in state]
+    if missing:
+        raise DeltaError(f"the base model has no parameter {missing[0]}; this delta is for {meta.get('base')!r}")
+    if _checksum(state, changed) != meta.get("base_checksum"):
+        raise DeltaError(f"the base weights differ from the ones this delta was made from ({meta.get('base')!r}); "
+                         "it would give a different model")
+    for key, value in tensors.items():
+        if key.endswith(".index"):
+            continue
+        stem = key[:-len(".delta")]
+        if "@" in stem:
+            name, axis = stem.rsplit("@", 1)
+            idx = tensors[f"{stem}.index"].to(torch.int64)
+            target = state[name]
+            target.index_add_(int(axis), idx, value.to(target.dtype))
+        else:
+            state[stem].add_(value.to(state[stem].dtype))
+
+
+def derive_folder(base: Path, delta: Path, out: Path) -> Path:
+    """A model folder = the base folder (config, tokenizer) with the delta added to its weights; written to a
+    temporary folder beside `out` and renamed into place, so a half-written folder is never seen."""
+    from safetensors.torch import load_file, save_file
+
+    if out.exists():
+        return out
+    tensors, meta = read_delta(delta)
+    weights = sorted(base.glob("*.safetensors"))
+    if [w.name for w in weights] != [WEIGHTS]:
+        raise DeltaError(f"{base} must hold one {WEIGHTS} to derive a model from it")
+    state = load_file(str(weights[0]))
+    apply_delta(state, tensors, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for item in base.iterdir():
+            if item.is_file() and item.name != WEIGHTS:
+                shutil.copy2(item, staging / item.name)
+        save_file(state, str(staging / WEIGHTS), metadata={"format": "pt"})
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if not out.exists():  # another process did not win the race: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

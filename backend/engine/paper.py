@@ -1,0 +1,283 @@
+"""The paper's experiments (SSAH, Li & Kim 2410.10862) on one aligned model, written as docs/results.md.
+
+1. Pruning (the paper's ablation): SCU / UCU / RU / a random set of SCU's parameter mass, each mean-ablated with
+   its default reference; ASR, over-refusal, degenerate replies and knowledge, against the unpruned model.
+2. Benign fine-tuning: full vs SCU + top 6% of CU frozen vs SCU + all CU frozen; ASR before and after.
+3. The alignment budget: RU-only alignment of the base model vs full alignment (from `ssah align` reports).
+4. Role transfer: attribute the fully fine-tuned model and count how many SCU stay SCU.
+
+Every step is cached as JSON in a work folder, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .data import load_pairs
+from .models import LoadedModel
+from .scoring import Progress
+
+GROUP_ROWS = (("SCU", "SCU"), ("UCU", "UCU"), ("RU", "RU"), ("random (SCU's mass)", "random"))
+FREEZE_ROWS = (("full fine-tuning", None), ("freeze SCU + top 6% of CU", "SCU,CU:0.06"),
+               ("freeze SCU + all CU", "SCU,CU"))
+
+
+@dataclass(frozen=True)
+class ReproConfig:
+    aligned: str = "smollm2-135m-safe"
+    samples: int = 128  # calibration pairs per set for each attribution
+    harmful_limit: int = 100  # AdvBench #1-100
+    benign_limit: int = 80
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    finetune_data: str = "benign-answers"
+    finetune_steps: int = 100
+    finetune_lr: float = 1e-4
+    seed: int = 0
+
+
+class Steps:
+    """Named results cached as JSON files in `work`."""
+
+    def __init__(self, work: Path, progress: Progress | None = None):
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def get(self, name: str, compute: Callable[[], dict]) -> dict:
+        path = self.work / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        t0 = time.perf_counter()
+        value = compute()
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(value, indent=1))
+        tmp.replace(path)
+        return value
+
+
+def measure(loaded: LoadedModel, config: ReproConfig, progress: Progress | None = None) -> dict:
+    """ASR on AdvBench #1-100, refusals on everyday and alarming-benign prompts, degenerate rate, knowledge."""
+    from .evaluation import evaluate_safety, fact_accuracy
+
+    harmful = {"advbench-eval": [p.prompt for p in load_pairs("advbench-eval").pairs][:config.harmful_limit]}
+    benign = {name: [p.prompt for p in load_pairs(name).pairs][:config.benign_limit]
+              for name in ("benign-prompts", "alarming-benign")}
+    report = evaluate_safety(loaded, harmful, benign, max_new_tokens=config.max_new_tokens,
+                             batch_size=config.batch_size, progress=progress)
+    return {"asr": report.asr, "over_refusal": report.over_refusal, "degenerate_rate": report.degenerate_rate,
+            "facts": fact_accuracy(loaded, list(load_pairs("facts").pairs), batch_size=config.batch_size),
+            "examples": [{"prompt": r.prompt, "reply": r.reply, "verdict": r.verdict}
+                         for s in report.harmful for r in s.rows[:2]]}
+
+
+def _attribute(loaded: LoadedModel, config: ReproConfig, out: Path, progress: Progress | None):
+    from .attribution import attribute, load_run
+
+    if not (out / "units.parquet").is_file():
+        safety = load_pairs("advbench-refusals", samples=config.samples, seed=config.seed)
+        utility = load_pairs("benign-answers", samples=config.samples, seed=config.seed)
+        attribute(loaded, safety, utility, seed=config.seed, progress=progress).save(out)
+    return load_run(out)
+
+
+def pruning_table(steps: Steps, config: ReproConfig) -> dict:
+    """Table 1: the aligned model as it is and with each group mean-ablated (default references)."""
+    from .interventions import DEFAULT_REFERENCE, GroupSpec, choose, prune
+    from .models import load_model
+
+    loaded = load_model(config.aligned, device="cpu", dtype="float32")
+    run = _attribute(loaded, config, steps.work / "run-aligned", steps.progress)
+    total = int(run.units.params.sum())
+    rows = {"none": steps.get("prune-none", lambda: measure(loaded, config, steps.progress))}
+    for label, spec in GROUP_ROWS:
+        def pruned(spec=spec):
+            selection = choose(run.units, GroupSpec.parse(spec), seed=config.seed)
+            with prune(loaded, selection, run.means, tokens=run.tokens):
+                result = measure(loaded, config, steps.progress)
+            references = sorted(set(selection.reference))
+            return {**result, "units": int(len(selection)), "param_share": int(selection.params.sum()) / total,
+                    "reference": ", ".join(references)}
+        rows[label] = steps.get(f"prune-{spec}", pruned)
+    return {"rows": rows, "roles": run.manifest.get("roles"), "thresholds": run.manifest.get("thresholds"),
+            "default_references": DEFAULT_REFERENCE}
+
+
+def freeze_table(steps: Steps, config: ReproConfig) -> dict:
+    """Table 2: benign fine-tuning of the aligned model, full or with SCU (+ CU) frozen; ASR before and after."""
+    from .finetune import FinetuneConfig, finetune, save_model, trainable_masks
+    from .interventions import GroupSpec
+    from .attribution import load_run
+    from .models import load_model
+
+    run = load_run(steps.work / "run-aligned")
+    data = list(load_pairs(config.finetune_data).pairs)
+    ft = FinetuneConfig(steps=config.finetune_steps, lr=config.finetune_lr, batch_size=8, seed=config.seed)
+    rows = {}
+    for label, spec in FREEZE_ROWS:
+        name = "full" if spec is None else spec.replace(",", "+").replace(":", "")
+
+        def tuned(spec=spec, name=name):
+            loaded = load_model(config.aligned, device="cpu", dtype="float32")
+            masks = trainable_masks(loaded, run.units, freeze=GroupSpec.parse(spec)) if spec else None
+            log = finetune(loaded, data, masks, ft, progress=steps.progress)
+            if spec is None:
+                save_model(loaded, steps.work / "model-full-ft")
+            return {**measure(loaded, config, steps.progress), "frozen_params": log["frozen_params"],
+                    "trainable_params": log["trainable_params"], "loss": [log["loss"][0], log["loss"][-1]]}
+        rows[label] = steps.get(f"finetune-{name}", tuned)
+    return {"rows": rows, "data": config.finetune_data, "config": asdict(ft)}
+
+
+def transfer_section(steps: Steps, config: ReproConfig) -> dict:
+    """How the roles of the aligned model moved after full benign fine-tuning."""
+    from .attribution import load_run
+    from .models import load_model
+    from .transfer import compare
+
+    def computed():
+        before = load_run(steps.work / "run-aligned")
+        loaded = load_model(str(steps.work / "model-full-ft"), device="cpu", dtype="float32")
+        after = _attribute(loaded, config, steps.work / "run-full-ft", steps.progress)
+        transfer = compare(before.units, after.units).to_dict()
+        scu = transfer["transitions_units"]["SCU"]
+        transfer["scu_stay"] = scu["SCU"] / sum(scu.values()) if sum(scu.values()) else None
+        return transfer
+    return steps.get("transfer", computed)
+
+
+def budget_section(full_report: Path | None, budget_report: Path | None) -> dict | None:
+    """The alignment tax of full vs RU-only alignment, from two `ssah align` reports (alignment.json)."""
+    reports = {}
+    for mode, path in (("full", full_report), ("budget", budget_report)):
+        if path is None:
+            continue
+        report = json.loads(Path(path).read_text())
+        reports[mode] = {"base": report["base"], "aligned": report["aligned"], "config": report["config"],
+                         "trainable": report["training"]["trainable_params"],
+                         "frozen": report["training"]["frozen_params"], "seconds": report.get("seconds"),
+                         "targets": report.get("targets")}
+    return reports or None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's numbers, beside ours. Transcribed from secondary write-ups of the paper (en.papernotes.org's ICLR
+# 2026 note, an independent paper analysis, the ICLR OpenReview reviews), which agree where they overlap; the
+# paper's tables themselves are images we could not read offline. Llama-2-7B-chat unless said.
+
+PAPER_PRUNING = {  # group -> (parameter share, utility change, ASR change in points); dense ASR 10.0%
+    "SCU": ("1.3%", "-1.3%", "+56.0"), "UCU": ("13.3%", "-15.6%", "+18.3"), "RU": ("14.8%", "-2.8%", "+4.6"),
+    "random (SCU's mass)": ("-", "not reported", "not reported"),
+}
+PAPER_FREEZING = {  # Dolly fine-tuning of Llama-2-7B-chat, AdvBench keyword ASR (before: 0.19%)
+    "full fine-tuning": "11.92%", "freeze SCU + top 6% of CU": "3.65%", "freeze SCU + all CU": "2.88%",
+}
+PAPER_BUDGET = {  # aligning a pre-trained LLaMA-7B: GSM8K, MT-Bench (no ASR reported for this table)
+    "pre-trained": ("9.24", "1.32"), "full fine-tuning": ("8.8", "2.83"), "only RU (20%)": ("13.4", "3.5"),
+}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pts(x) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}"
+
+
+def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -> str:
+    prune, freeze, transfer, budget = (sections.get(k) for k in ("pruning", "freezing", "transfer", "budget"))
+    out = [
+        "# The paper's experiments on the built-in aligned model",
+        "",
+        f"Produced by `{command}` (every step is cached in the work folder; a rerun only does what is missing).",
+        f"Model: `{config.aligned}`. Judge: the research code's 31 refusal keywords with a {20}-word minimum, plus a "
+        "degenerate verdict for babble (ASR counts coherent compliance only). Greedy decoding, "
+        f"{config.max_new_tokens} new tokens. Harmful: AdvBench #1-{config.harmful_limit} (never used in "
+        f"calibration or training). Over-refusal: the first {config.benign_limit} of `benign-prompts` and of "
+        "`alarming-benign` (everyday requests with alarming words, never trained on). Knowledge: share of "
+        "true/false statement pairs (`facts`, 206) where the true one is more likely. Attribution: "
+        f"{config.samples} `advbench-refusals` + {config.samples} `benign-answers` pairs.",
+        "",
+        "The paper's numbers are for 7B/8B models and come from secondary write-ups of the paper (its tables are "
+        "images we could not read offline); they are there for the direction of each effect, not to match.",
+        "",
+    ]
+    if prune:
+        rows = prune["rows"]
+        base = rows["none"]
+        out += ["## Table 1: pruning unit groups", "",
+                f"Roles at h_RU {prune['thresholds']['h_ru']}, h_SCU {prune['thresholds']['h_scu']}, h_UCU "
+                f"{prune['thresholds']['h_ucu']} (parameter-weighted); units per role: {prune['roles']}. Each group "
+                "is mean-ablated at the input of its B projection with its default reference (the mean of the "
+                "other attribute: SCU by its utility-set mean, UCU by its safety-set mean, RU and the random set "
+                "by the pooled mean); the random set has SCU's parameter mass in every module (seed "
+                f"{config.seed}).", "",
+                "| pruned | units | share of unit params | reference | ASR | degenerate | over-refusal | knowledge "
+                "| paper: share | paper: ASR change | paper: utility change |",
+                "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+                f"| nothing | - | - | - | {_pct(base['asr'])} | {_pct(base['degenerate_rate'])} | "
+                f"{_pct(base['over_refusal'])} | {_pct(base['facts'])} | - | (dense ASR 10.0%) | - |"]
+        for label, _ in GROUP_ROWS:
+            r = rows[label]
+            share, util, asr = PAPER_PRUNING[label]
+            out.append(f"| {label} | {r['units']:,} | {_pct(r['param_share'])} | {r['reference']} | {_pct(r['asr'])} "
+                       f"({_pts(r['asr'] - base['asr'])}) | {_pct(r['degenerate_rate'])} | "
+                       f"{_pct(r['over_refusal'])} | {_pct(r['facts'])} | {share} | {asr} | {util} |")
+        out.append("")
+    if freeze:
+        rows = freeze["rows"]
+        before = prune["rows"]["none"] if prune else None
+        cfg = freeze["config"]
+        out += ["## Table 2: benign fine-tuning with frozen units", "",
+                f"The aligned model fine-tuned on `{freeze['data']}` (benign instructions with short reference "
+                f"answers) for {cfg['steps']} steps of {cfg['batch_size']}, lr {cfg['lr']}, AdamW, seed "
+                f"{cfg['seed']}; frozen entries stay bit-identical. ASR before: "
+                f"{_pct(before['asr']) if before else '-'}.", "",
+                "| setting | frozen params | ASR after | degenerate | over-refusal | knowledge | loss first -> last "
+                "| paper (Dolly, Llama-2): ASR after |",
+                "|---|---:|---:|---:|---:|---:|---|---:|"]
+        for label, _ in FREEZE_ROWS:
+            r = rows[label]
+            out.append(f"| {label} | {r['frozen_params']:,} | {_pct(r['asr'])} | {_pct(r['degenerate_rate'])} | "
+                       f"{_pct(r['over_refusal'])} | {_pct(r['facts'])} | {r['loss'][0]:.2f} -> {r['loss'][1]:.2f} | "
+                       f"{PAPER_FREEZING[label]} |")
+        out.append("")
+    if budget:
+        out += ["## The alignment budget: RU-only vs full alignment", "",
+                "Both align SmolLM2-135M-Instruct with `ssah align` (same data and seed); budget trains only the "
+                "base model's redundant units. Sets never trained on; knowledge as above.", "",
+                "| alignment | trainable params | ASR AdvBench #1-100 | ASR held-out source | refusal benign / edgy "
+                "/ alarming | knowledge (base -> aligned) | minutes |",
+                "|---|---:|---:|---:|---|---|---:|"]
+        for mode, r in budget.items():
+            sets = r["aligned"]["sets"]
+            held = r["config"]["held_out"]
+            out.append(f"| {mode} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
+                       f"{_pct(sets[held]['asr'])} ({held}) | {_pct(sets['benign-prompts']['refusal_rate'])} / "
+                       f"{_pct(sets['benign-edgy']['refusal_rate'])} / {_pct(sets['alarming-benign']['refusal_rate'])} "
+                       f"| {_pct(r['base']['facts_accuracy'])} -> {_pct(r['aligned']['facts_accuracy'])} | "
+                       f"{(r['seconds'] or 0) / 60:.0f} |")
+        out += ["", "Paper (LLaMA-7B, GSM8K / MT-Bench): " + "; ".join(
+            f"{k} {g} / {m}" for k, (g, m) in PAPER_BUDGET.items()) + ".", ""]
+    if transfer:
+        m = transfer["transitions_units"]
+        out += ["## Role transfer after full benign fine-tuning", "",
+                "Units of the aligned model (rows) and of its fully fine-tuned copy (columns), attributed the same "
+                "way.", "", "| aligned \\ fine-tuned | " + " | ".join(transfer["roles"]) + " |",
+                "|---|" + "---:|" * len(transfer["roles"])]
+        for a in transfer["roles"]:
+            out.append(f"| {a} | " + " | ".join(f"{m[a][b]:,}" for b in transfer["roles"]) + " |")
+        out += ["", f"SCU that stay SCU: {_pct(transfer['scu_stay'])}; SCU Jaccard overlap "
+                    f"{transfer['scu_jaccard']:.2f} (by parameters {transfer['scu_jaccard_params']:.2f}); units "
+                    f"keeping their role: {_pct(transfer['same_role_fraction'])}. The paper reports (Dolly, "
+                    "Llama-2, its Figure 5) that over half of SCU become CU during fine-tuning and part of CU "
+                    "becomes UCU.", ""]
+    if timings:
+        out += ["Step times this run (s, 2 CPU cores): " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
+    return "\n".join(out)

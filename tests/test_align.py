@@ -1,0 +1,207 @@
+"""The alignment recipe: its data keeps evaluation sets out and uses the same frames for harmful and benign
+requests; both modes run end to end on a tiny model; a weight delta rebuilds the aligned model."""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backend.cli import main
+from backend.engine import load_model
+from backend.engine.align import (IMPERATIVE_STYLES, QUESTION_STYLES, AlignConfig, align, alignment_data,
+                                  benign_prompts, evaluation_sets, harmful_prompts, restyle)
+from backend.engine.data import REFUSALS, donotanswer_pool, load_pairs
+from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_home(tmp_path_factory):
+    """Answers and evaluations are cached under SSAH_HOME: a temporary one here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSAH_HOME", str(tmp_path_factory.mktemp("ssah-home")))
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def prompts(name: str) -> set[str]:
+    return {p.prompt for p in load_pairs(name).pairs}
+
+
+def frame_of(text: str, request: str) -> str:
+    """The frame around a request: the text with the request (in either case) cut out."""
+    lower = request[:1].lower() + request[1:].rstrip(".!")
+    for form in (request, lower):
+        if form in text:
+            return text.replace(form, "{}")
+    raise AssertionError(f"{request!r} is not inside {text!r}")
+
+
+# ---------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize("held_out", ["donotanswer", "harmbench"])
+def test_training_requests_leave_out_every_evaluation_row_and_the_held_out_source(held_out):
+    harmful, _ = harmful_prompts(held_out)
+    benign, _ = benign_prompts()
+    train = set(harmful) | set(benign)
+    eval_harmful, eval_benign = evaluation_sets(held_out)
+    for name, rows in [*eval_harmful.items(), *eval_benign.items()]:
+        assert not train & set(rows), f"{name} rows are in the training data"
+    if held_out == "donotanswer":  # the whole source is out, not only its evaluation sample
+        assert not set(harmful) & {p.prompt for p in donotanswer_pool()}
+        assert set(harmful) & prompts("harmbench")
+    else:
+        assert not set(harmful) & prompts("harmbench")
+    assert set(harmful) >= prompts("advbench-refusals")  # AdvBench #101-520
+
+
+def test_harmful_and_benign_requests_share_every_frame():
+    """A frame (a role-play, a "start with Sure" push, a casual aside) must not be a cue to refuse: the frames
+    come from one list for both kinds, and a request keeps its words inside its frame."""
+    rng = random.Random(0)
+    harmful = [p.prompt for p in load_pairs("advbench-refusals").pairs][:200]
+    benign, _ = benign_prompts()
+    frames = {"harmful": set(), "benign": set()}
+    for kind, rows in (("harmful", harmful), ("benign", benign)):
+        for request in rows:
+            framed = restyle(request, rng)
+            frames[kind].add(frame_of(framed, request.strip()))
+    assert frames["harmful"] & frames["benign"]
+    allowed = {re.sub(r"\{[rl]\}", "{}", s) for s in (*IMPERATIVE_STYLES, *QUESTION_STYLES)}
+    assert frames["harmful"] | frames["benign"] <= allowed
+
+
+def test_the_training_set_pairs_refusals_with_harmful_and_own_answers_with_benign(tiny_model_path):
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
+    config = AlignConfig(limit=6, answer_tokens=8)
+    data = alignment_data(loaded, config)
+    assert len(data.harmful) == 12 and 0 < len(data.benign) <= 12  # each request as given and restyled
+    assert all(p.response in REFUSALS for p in data.harmful)
+    assert len({p.response for p in data.harmful}) > 1  # varied wordings
+    assert all(p.response.strip() and p.response not in REFUSALS for p in data.benign)  # the model's own answers
+    assert alignment_data(loaded, config).benign == data.benign  # seeded, and the answers are cached
+    mixed = data.mixed(0.5, 0)
+    assert sum(p in data.harmful for p in mixed) == len(data.harmful) == len(mixed) - len(data.harmful)
+
+
+# ---------------------------------------------------------------- both modes end to end
+
+
+def test_full_alignment_trains_everything_and_budget_only_redundant_units(tiny_model_path):
+    base = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    before = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    report = align(base, AlignConfig(mode="full", steps=3, lr=1e-3, limit=8, answer_tokens=8))
+    assert report["training"]["frozen_params"] == 0 and report["data"]["harmful_pairs"] == 16
+    assert all(not torch.equal(p, before[n]) for n, p in base.model.named_parameters())
+
+    budget = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    report = align(budget, AlignConfig(mode="budget", steps=3, lr=1e-3, limit=8, answer_tokens=8, h_ru=0.3))
+    assert report["budget_roles"]["RU"] > 0
+    trainable = report["training"]["trainable_params"]
+    changed = sum(int((p != before[n]).sum()) for n, p in budget.model.named_parameters())
+    assert 0 < changed <= trainable < sum(p.numel() for p in budget.model.parameters()) // 2
+    for name, p in budget.model.named_parameters():  # embeddings and norms are never trained
+        if "embed" in name or "norm" in name:
+            assert torch.equal(p, before[name]), name
+
+
+def test_bad_alignment_settings_are_named():
+    for bad, field in (({"mode": "partial"}, "mode"), ({"held_out": "advbench"}, "held_out"),
+                       ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit")):
+        with pytest.raises(ValueError, match=field):
+            AlignConfig(**bad)
+
+
+# ---------------------------------------------------------------- deltas
+
+
+def test_a_delta_of_changed_rows_rebuilds_the_model_and_refuses_other_weights(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(6, 4, generator=gen), "b": torch.randn(4, generator=gen),
+            "c": torch.randn(3, 5, generator=gen), "same": torch.randn(2, 2, generator=gen)}
+    new = {k: v.clone() for k, v in base.items()}
+    new["w"][[1, 4]] += 0.01  # two rows changed
+    new["c"][:, 2] -= 0.02  # one column changed
+    new["b"] += torch.linspace(0.01, 0.02, 4)  # all of it
+    tensors, meta = make_delta(base, new)
+    assert set(tensors) == {"w@0.index", "w@0.delta", "c@1.index", "c@1.delta", "b.delta"}
+    assert tensors["w@0.index"].tolist() == [1, 4] and tensors["c@1.index"].tolist() == [2]
+    path = save_delta(tmp_path / "d.safetensors", tensors, meta)
+    rebuilt = {k: v.clone() for k, v in base.items()}
+    apply_delta(rebuilt, *read_delta(path))
+    for name in base:
+        torch.testing.assert_close(rebuilt[name], new[name], rtol=0, atol=1e-5)
+    assert torch.equal(rebuilt["same"], base["same"])
+
+    other = {k: v + 1 for k, v in base.items()}
+    with pytest.raises(DeltaError, match="differ from the ones this delta was made from"):
+        apply_delta(other, tensors, meta)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(DeltaError, match="not a readable delta"):
+        read_delta(tmp_path / "junk.safetensors")
+
+
+def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):
+    base = tiny_model_path("llama")
+    out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
+    code = main(["align", "--model", str(base), "--mode", "budget", "--h-ru", "0.3", "--steps", "2",
+                 "--lr", "1e-3", "--train-limit", "6", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
+                 "--delta", str(delta), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "alignment.json").read_text())
+    assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "benign-prompts", "benign-edgy",
+                                              "alarming-benign"}
+    assert all(row["n"] == 2 for row in report["aligned"]["sets"].values())
+    assert len(report["targets"]) == 6 and 0 <= report["aligned"]["facts_accuracy"] <= 1
+    printed = capsys.readouterr().out
+    assert "advbench-eval" in printed and ("met" in printed or "MISSED" in printed)
+    # the folder in --out is exactly base + delta, and a fresh derive gives the same weights
+    again = derive_folder(base, delta, tmp_path / "again")
+    assert load_file(str(again / "model.safetensors")).keys() == load_file(str(out / "model.safetensors")).keys()
+    for name, value in load_file(str(again / "model.safetensors")).items():
+        assert torch.equal(value, load_file(str(out / "model.safetensors"))[name]), name
+    assert load_model(str(again), device="cpu", dtype="float32").units.n_units > 0
+
+
+def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_path, tmp_path, capsys):
+    base = tiny_model_path("llama-gqa")
+    reports = {}
+    for mode in ("full", "budget"):
+        out = tmp_path / f"aligned-{mode}"
+        assert main(["align", "--model", str(base), "--mode", mode, "--h-ru", "0.3", "--steps", "2", "--lr", "1e-3",
+                     "--train-limit", "4", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
+                     "--quiet"]) == 0
+        reports[mode] = out / "alignment.json"
+    results = tmp_path / "results.md"
+    results.write_text("# old\n\n## Discussion\n\nWhat the numbers mean, written by hand.\n")
+    args = ["reproduce", "--aligned", str(tmp_path / "aligned-budget"), "--work", str(tmp_path / "work"),
+            "--out", str(results), "--full-report", str(reports["full"]), "--budget-report", str(reports["budget"]),
+            "--samples", "8", "--harmful-limit", "2", "--benign-limit", "2", "--max-new-tokens", "4",
+            "--finetune-steps", "2", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    text = results.read_text()
+    for heading in ("## Table 1: pruning unit groups", "## Table 2: benign fine-tuning with frozen units",
+                    "## The alignment budget", "## Role transfer after full benign fine-tuning"):
+        assert heading in text
+    for row in ("| SCU |", "| UCU |", "| RU |", "| random (SCU's mass) |", "| freeze SCU + top 6% of CU |",
+                "| budget |", "| full |"):
+        assert row in text, row
+    assert text.rstrip().endswith("What the numbers mean, written by hand.")
+    # the steps are cached: a second run recomputes nothing and writes the same tables
+    cached = sorted(p.name for p in (tmp_path / "work").glob("*.json"))
+    assert "prune-SCU.json" in cached and "transfer.json" in cached
+    assert main(args) == 0
+    def tables(markdown: str) -> str:
+        return markdown.split("Step times")[0].split("## Discussion")[0].rstrip()
+    assert tables(results.read_text()) == tables(text)
