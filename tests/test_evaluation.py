@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from backend.engine import evaluation, load_model
-from backend.engine.data import BUILTINS, KINDS, Pair, count_mask, encode_pairs, list_datasets, load_pairs
+from backend.engine.data import BUILTINS, KINDS, Pair, encode_pairs, list_datasets, load_pairs
 from backend.engine.evaluation import (
     MIN_WORDS,
     OVER_REFUSAL_KEYWORDS,

@@ -19,12 +19,7 @@ BUDGET = GroupSpec.parse("RU")
 FAST = FinetuneConfig(steps=4, lr=1e-3, batch_size=4, weight_decay=0.1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

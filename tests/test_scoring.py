@@ -32,14 +32,7 @@ CHECKER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 
 # ---------------------------------------------------------------- cached runs
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine oversubscribed threads made this file
-    15x slower (245 s instead of 16 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # oversubscribed threads made this file 15x slower
 
 
 @pytest.fixture(scope="session")
