@@ -30,7 +30,9 @@ def test_a_job_runs_end_to_end_on_a_ray_actor_and_can_be_cancelled(service, root
     accepted = client.post(f"{API}/runs", json=run_body(roots))
     assert accepted.status_code == 202, accepted.text
     seen = []
-    done = wait(client, f"{API}/runs/{accepted.json()['id']}", timeout=90,
+    # the bound includes the actor's start (importing torch in a fresh process: ~10 s on a quiet machine, ~50 s
+    # on a loaded one), so it is generous; it is a deadline, not a timing
+    done = wait(client, f"{API}/runs/{accepted.json()['id']}", timeout=300,
                 check=lambda b: seen.append(b) or b["status"] in ("succeeded", "failed", "cancelled"))
     assert done["status"] == "succeeded", done["error"]
     assert done["manifest"]["model"]["architecture"] == "llama"
@@ -53,7 +55,7 @@ def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_ta
     client, settings = service
     runner = client.app.state.runner
     slow = client.post(f"{API}/runs", json=slow_body(roots, seed=3)).json()
-    wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=60)
+    wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=300)
     (before,) = runner.health()["workers"]
     ray.kill(ray.get_actor(before["actor"], namespace=before["namespace"]))
 
@@ -64,7 +66,7 @@ def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_ta
     assert not [p for p in settings.runs_dir.iterdir() if p.name.startswith(".")]  # no half-written folder
 
     nxt = client.post(f"{API}/runs", json=run_body(roots, seed=4)).json()
-    done = wait(client, f"{API}/runs/{nxt['id']}", timeout=90)
+    done = wait(client, f"{API}/runs/{nxt['id']}", timeout=300)  # a new actor starts first
     assert done["status"] == "succeeded", done["error"]
     (after,) = runner.health()["workers"]
     assert after["alive"] and after["restarts"] == 1 and after["worker_id"] != before["worker_id"]
