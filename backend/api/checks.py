@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from .schemas import EvalIn, FinetuneCreate, PreviewCreate, RunCreate
+from .schemas import AlignCreate, EvalIn, FinetuneCreate, PreviewCreate, RunCreate
 from .settings import Settings
 
 Loc = tuple[str | int, ...]
@@ -212,3 +212,25 @@ def check_finetune(body: FinetuneCreate, units, settings: Settings) -> dict:
     if body.eval is not None:
         request["eval"] = check_eval(body.eval, settings, ("body", "eval"))
     return request
+
+
+def check_align(body: AlignCreate, units, settings: Settings) -> dict:
+    """The job request of an alignment: numbers within the server's limits, the budget groups tried on the run."""
+    from backend.engine.interventions import GroupSpec, InterventionError, choose
+
+    check_at_most(body.steps, settings.max_steps, ("body", "steps"), "max_steps")
+    check_at_most(body.batch_size, settings.max_batch_size, ("body", "batch_size"), "max_batch_size")
+    check_at_most(body.train_limit, settings.max_samples, ("body", "train_limit"), "max_samples")
+    check_at_most(body.answer_tokens, settings.max_new_tokens, ("body", "answer_tokens"), "max_new_tokens")
+    if body.eval is not None:
+        check_at_most(body.eval.limit, settings.max_limit, ("body", "eval", "limit"), "max_limit")
+        check_at_most(body.eval.max_new_tokens, settings.max_new_tokens, ("body", "eval", "max_new_tokens"),
+                      "max_new_tokens")
+    if body.mode == "budget":
+        try:
+            chosen = choose(units, GroupSpec.parse(body.budget_groups), seed=body.seed)
+        except InterventionError as error:
+            raise bad_field(("body", "budget_groups"), str(error)) from None
+        if chosen.empty:
+            raise bad_field(("body", "budget_groups"), f"{body.budget_groups!r} selects no unit of this run")
+    return body.model_dump()

@@ -166,6 +166,27 @@ class FinetuneCreate(Strict):
         return train_only
 
 
+class AlignEvalIn(Strict):
+    limit: int | None = Field(None, ge=1, description="first N prompts of each evaluation set (default: all)")
+    max_new_tokens: int = Field(48, ge=1)
+
+
+class AlignCreate(Strict):
+    """Safety-align the run's model (engine.align): `full` trains every parameter, `budget` only the units of the
+    run's `budget_groups` (RU by default: the paper's alignment budget, taken from this run's roles)."""
+
+    mode: Literal["full", "budget"] = "budget"
+    budget_groups: str = Field("RU", min_length=1, max_length=64, description="e.g. RU, or RU,CU:0.05")
+    steps: int = Field(150, ge=1)
+    lr: float | None = Field(None, gt=0, le=1, description="default 5e-5 (full) or 2e-4 (budget)")
+    batch_size: int = Field(8, ge=1)
+    held_out: Literal["donotanswer", "harmbench"] = "donotanswer"
+    train_limit: int | None = Field(None, ge=1, description="at most N harmful and N benign training prompts")
+    answer_tokens: int = Field(96, ge=1, description="length of the base model's own answers to benign prompts")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    eval: AlignEvalIn | None = Field(AlignEvalIn(), description="before/after evaluation; none when null")
+
+
 class JobOut(BaseModel):
     id: str
     kind: str

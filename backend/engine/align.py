@@ -198,30 +198,35 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
         f"{config.answer_tokens} tokens, trimmed to the last finished sentence"})
 
 
-def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None):
-    """Train-only masks of the base model's `budget_groups` (attributed on advbench-refusals / benign-answers)."""
+def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, units=None):
+    """Train-only masks of the base model's `budget_groups`: from `units` (a run of this model) when given, else
+    from an attribution on advbench-refusals / benign-answers at `h_ru`. Returns (masks, roles per unit count)."""
     from .attribution import attribute
     from .finetune import trainable_masks
     from .interventions import GroupSpec
     from .roles import Thresholds
 
+    if units is not None:
+        masks = trainable_masks(loaded, units, train_only=GroupSpec.parse(config.budget_groups))
+        return masks, {str(k): int(v) for k, v in units.role.value_counts().sort_index().items()}
     samples = min(config.attribution_samples, config.limit or config.attribution_samples)
     safety = load_pairs("advbench-refusals", samples=samples, seed=config.seed)
     utility = load_pairs("benign-answers", samples=samples, seed=config.seed)
     run = attribute(loaded, safety, utility, thresholds=Thresholds(h_ru=config.h_ru), seed=config.seed,
                     progress=progress)
-    return trainable_masks(loaded, run.units, train_only=GroupSpec.parse(config.budget_groups)), run
+    return trainable_masks(loaded, run.units, train_only=GroupSpec.parse(config.budget_groups)), run.manifest["roles"]
 
 
-def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None) -> dict:
-    """Align `loaded` in place (float32 weights); returns the training log and what the data was."""
+def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, *, units=None) -> dict:
+    """Align `loaded` in place (float32 weights); returns the training log and what the data was. In budget mode
+    `units` (a run of this very model) names the units to train; without it the model is attributed first."""
     from .finetune import FinetuneConfig, finetune
 
     t0 = time.perf_counter()
     data = alignment_data(loaded, config, progress)
-    masks, run = (None, None)
+    masks, roles = (None, None)
     if config.mode == "budget":
-        masks, run = budget_masks(loaded, config, progress)
+        masks, roles = budget_masks(loaded, config, progress, units)
     pairs = data.mixed(config.benign_share, config.seed)
     log = finetune(loaded, pairs, masks, FinetuneConfig(steps=config.steps, lr=config.lr,
                                                         batch_size=config.batch_size,
@@ -229,7 +234,7 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
                    progress=progress)
     return {"config": asdict(config), "data": {**data.sources, "harmful_pairs": len(data.harmful),
                                                "benign_pairs": len(data.benign), "mixed": len(pairs)},
-            "budget_roles": run.manifest.get("roles") if run is not None else None,
+            "budget_roles": roles,
             "training": log, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -1,4 +1,4 @@
-"""What each kind of job does on the engine: attribution, preview and fine-tune.
+"""What each kind of job does on the engine: attribution, preview, fine-tune and alignment.
 
 A task reads its inputs from the job's request (checked by the API) and its run, reports progress, and returns an
 Outcome; files are written under a staging name and renamed into place, so a cancelled or killed job leaves no
@@ -189,15 +189,58 @@ def _train_and_save(ctx: Context, job, run: Run, loaded, progress: Reporter) -> 
     out = ctx.settings.finetunes_dir / job.id
     report = {"run_id": run.id, "base_model": run.model, "model": str(out), "data": request["data"], "mode": mode,
               "training": log, "before": before, "after": after}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{run.id}-", dir=out.parent))
-    try:
-        folder = save_model(loaded, staging / "model")
-        (folder / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(folder, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _publish_model(loaded, out, run.id, "finetune.json", report)
     return report
 
 
-TASKS = {"attribution": run_attribution, "preview": run_preview, "finetune": run_finetune}
+def _publish_model(loaded, out: Path, run_id: str, report_name: str, report: dict) -> None:
+    """Save the trained model with its report under a staging name beside `out`, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{run_id}-", dir=out.parent))
+    try:
+        folder = save_model(loaded, staging / "model")
+        (folder / report_name).write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(folder, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
+    """`ssah align` as a job: the run's model aligned (budget mode: only the run's RU train), evaluated before and
+    after on sets never trained on, saved as a model folder with its alignment.json."""
+    from backend.engine.align import AlignConfig, align, evaluate_alignment, targets
+
+    request, ev = job.request, job.request.get("eval")
+    progress.set_plan([("loading", 2), ("before", 10 if ev else 0), ("answering benign prompts", 15),
+                       ("fine-tuning", 40), ("after", 10 if ev else 0), ("saving", 1)])
+    run = _run(ctx, job.run_id)
+    mode = request["mode"]
+    config = AlignConfig(mode=mode, steps=request["steps"], batch_size=request["batch_size"],
+                         lr=request["lr"] or (5e-5 if mode == "full" else 2e-4), seed=request["seed"],
+                         held_out=request["held_out"], budget_groups=request["budget_groups"],
+                         limit=request["train_limit"], answer_tokens=request["answer_tokens"])
+    units = load_run(ctx.results.folder(run.result_dir)).units if mode == "budget" else None
+    progress("loading model", 0, 1)
+    loaded = load_model(run.model_path, device=ctx.device, dtype="float32")  # trained in place, in float32
+
+    def evaluated(tag: str) -> dict | None:
+        if not ev:
+            return None
+        return evaluate_alignment(loaded, config.held_out, limit=ev["limit"], max_new_tokens=ev["max_new_tokens"],
+                                  progress=lambda p, d, t: progress(f"{tag}: {p}", d, t))
+    try:
+        before = evaluated("before")
+        log = align(loaded, config, progress, units=units)
+        after = evaluated("after")
+        progress("saving", 0, 1)
+        out = ctx.settings.finetunes_dir / job.id
+        report = {"run_id": run.id, "base_model": run.model, "model": str(out), **log, "base": before,
+                  "aligned": after, "targets": targets(after, before, config.held_out) if ev else None}
+        _publish_model(loaded, out, run.id, "alignment.json", report)
+    finally:
+        del loaded
+        _free_memory()
+    return Outcome(result=report, undo=lambda: shutil.rmtree(report["model"], ignore_errors=True))
+
+
+TASKS = {"attribution": run_attribution, "preview": run_preview, "finetune": run_finetune, "align": run_align}

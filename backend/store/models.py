@@ -11,7 +11,7 @@ RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_STATUSES = RUN_STATUSES
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
-JOB_KINDS = ("attribution", "preview", "finetune")
+JOB_KINDS = ("attribution", "preview", "finetune", "align")
 SCOPES = ("write", "read")
 
 

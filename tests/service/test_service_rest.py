@@ -166,6 +166,37 @@ def test_a_finetune_saves_a_model_that_can_be_attributed_in_turn(client, roots, 
     assert again.status_code == 202, again.text
 
 
+def test_an_alignment_job_trains_only_the_runs_redundant_units_and_reports_its_targets(client, roots, run,
+                                                                                        runs_dir):
+    from safetensors.torch import load_file
+
+    accepted = client.post(f"{API}/runs/{run['id']}/alignments", json={
+        "mode": "budget", "steps": 2, "lr": 1e-3, "batch_size": 4, "train_limit": 4, "answer_tokens": 6,
+        "eval": {"limit": 1, "max_new_tokens": 4}})
+    assert accepted.status_code == 202, accepted.text
+    job = wait(client, f"{API}/jobs/{accepted.json()['id']}", timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["kind"] == "align"
+    report = job["result"]
+    assert report["config"]["mode"] == "budget" and len(report["training"]["loss"]) == 2
+    assert set(report["aligned"]["sets"]) >= {"advbench-eval", "donotanswer", "alarming-benign"}
+    assert len(report["targets"]) == 6
+    model = Path(report["model"])
+    assert model.parent == runs_dir / "finetunes" and (model / "alignment.json").is_file()
+    # only the run's RU moved: every row/column that changed belongs to an RU unit
+    units = pd.read_parquet(runs_dir / run["id"] / "units.parquet")
+    base = load_file(str(roots.models / roots.model / "model.safetensors"))
+    new = load_file(str(model / "model.safetensors"))
+    changed = {name for name in base if not np.array_equal(base[name].numpy(), new[name].numpy())}
+    assert changed and all(".mlp." in n or ".self_attn." in n for n in changed)
+    for name in (n for n in changed if n.endswith("mlp.down_proj.weight")):
+        layer = int(name.split(".")[2])
+        moved = np.flatnonzero((base[name] != new[name]).any(0).numpy())
+        roles = units[(units.layer == layer) & (units.module == "mlp")].set_index("unit").role
+        assert set(roles[moved]) == {"RU"}, name
+    assert client.get(f"{API}/jobs", params={"kind": "align"}).json()["count"] >= 1
+
+
 def test_the_same_request_is_answered_from_the_cache_at_once(client, roots, run, runs_dir):
     again = client.post(f"{API}/runs", json=run_body(roots))
     assert again.status_code == 202
@@ -225,6 +256,11 @@ def test_bad_preview_and_finetune_fields_are_named(client, run, roots):
     assert bad_fields(client.post(finetunes, json={"data": "safety.jsonl", "steps": 1, "freeze": {"groups": ["SCU"]},
                                                    "train_only": {"groups": ["RU"]}})) == ["body.train_only"]
     assert bad_fields(client.post(finetunes, json={"data": "../safety.jsonl", "steps": 1})) == ["body.data"]
+    alignments = f"{API}/runs/{run['id']}/alignments"
+    assert bad_fields(client.post(alignments, json={"mode": "partial"})) == ["body.mode"]
+    assert bad_fields(client.post(alignments, json={"steps": 10**9})) == ["body.steps"]
+    assert bad_fields(client.post(alignments, json={"budget_groups": "XYZ"})) == ["body.budget_groups"]
+    assert bad_fields(client.post(alignments, json={"eval": {"limit": 10**6}})) == ["body.eval.limit"]
     queued = client.post(f"{API}/runs", json=run_body(roots, seed=99)).json()
     client.delete(f"{API}/runs/{queued['id']}")
     assert client.post(f"{API}/runs/{queued['id']}/previews", json={}).status_code == 409

@@ -15,7 +15,8 @@ from backend.store.results import RunUnits
 from .. import checks
 from .jobs import stop_job
 from ..deps import CallerDep, ResultsDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
-from ..schemas import Accepted, Deleted, FinetuneCreate, PreviewCreate, RolesOut, RunCreate, RunList, RunOut, Status
+from ..schemas import (Accepted, AlignCreate, Deleted, FinetuneCreate, PreviewCreate, RolesOut, RunCreate, RunList,
+                       RunOut, Status)
 from ..settings import Settings
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -225,3 +226,13 @@ def create_finetune(run: RunDep, body: FinetuneCreate, _: WriterDep, session: Se
     the results dir and the job's result reports the refusal check before and after."""
     request = checks.check_finetune(body, finished_units(run, results, units).table, settings)
     return queue_job(session, settings, runner, "finetune", run, request)
+
+
+@router.post("/{run_id}/alignments", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+def create_alignment(run: RunDep, body: AlignCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
+                     runner: RunnerDep, results: ResultsDep, units: UnitsDep) -> Accepted:
+    """Queue a safety alignment of the run's (unaligned) model: `ssah align` as a job. In budget mode only the
+    run's redundant units train. The aligned model lands in the results dir (attributable in turn) and the job's
+    result holds the evaluation before and after on sets never trained on, and the targets met."""
+    request = checks.check_align(body, finished_units(run, results, units).table, settings)
+    return queue_job(session, settings, runner, "align", run, request)
