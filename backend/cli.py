@@ -455,20 +455,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise ValueError(f"no alignment report at {report}; `ssah align --out DIR` writes DIR/alignment.json")
     progress = None if args.quiet else _progress_bar()
     steps = Steps(args.work, progress)
+    command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    discussion = args.out.read_text() if args.out.is_file() else ""
+    discussion = discussion[discussion.index("\n## Discussion") + 1:] if "\n## Discussion" in discussion else ""
+
+    def write(sections: dict) -> None:  # after every section, so a long run shows what it has so far
+        text = markdown(sections, config, command, steps.timings)
+        args.out.write_text(text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
+
+    sections: dict = {"budget": budget_section(args.full_report, args.budget_report)}
     try:
-        sections = {"pruning": pruning_table(steps, config), "freezing": freeze_table(steps, config),
-                    "transfer": transfer_section(steps, config),
-                    "budget": budget_section(args.full_report, args.budget_report)}
+        for name, compute in (("pruning", pruning_table), ("freezing", freeze_table),
+                              ("transfer", transfer_section)):
+            sections[name] = compute(steps, config)
+            write(sections)
     finally:
         if progress:
             progress.close()
-    command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = markdown(sections, config, command, steps.timings)
-    old = args.out.read_text() if args.out.is_file() else ""
-    if "\n## Discussion" in old:  # written by people: kept across regenerations
-        text = text.rstrip("\n") + "\n\n" + old[old.index("\n## Discussion") + 1:]
-    args.out.write_text(text)
+    write(sections)
     print(f"wrote {args.out}")
     return 0
 

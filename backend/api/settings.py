@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-BUILTIN_DEFAULT_MODEL = "smollm2-135m-instruct"
+BUILTIN_DEFAULT_MODEL = "smollm2-135m-safe"
 
 
 def default_home() -> Path:

