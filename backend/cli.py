@@ -457,11 +457,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     steps = Steps(args.work, progress)
     command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    discussion = args.out.read_text() if args.out.is_file() else ""
-    discussion = discussion[discussion.index("\n## Discussion") + 1:] if "\n## Discussion" in discussion else ""
-
     def write(sections: dict) -> None:  # after every section, so a long run shows what it has so far
         text = markdown(sections, config, command, steps.timings)
+        old = args.out.read_text() if args.out.is_file() else ""  # read now: it may be edited during a long run
+        discussion = old[old.index("\n## Discussion") + 1:] if "\n## Discussion" in old else ""
         args.out.write_text(text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
 
     sections: dict = {"budget": budget_section(args.full_report, args.budget_report)}
