@@ -201,7 +201,7 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
 def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, units=None):
     """Train-only masks of the base model's `budget_groups`: from `units` (a run of this model) when given, else
     from an attribution on advbench-refusals / benign-answers at `h_ru`. Returns (masks, roles per unit count)."""
-    from .attribution import attribute
+    from .attribution import attribute_builtin
     from .finetune import trainable_masks
     from .interventions import GroupSpec
     from .roles import Thresholds
@@ -210,10 +210,8 @@ def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | 
         masks = trainable_masks(loaded, units, train_only=GroupSpec.parse(config.budget_groups))
         return masks, {str(k): int(v) for k, v in units.role.value_counts().sort_index().items()}
     samples = min(config.attribution_samples, config.limit or config.attribution_samples)
-    safety = load_pairs("advbench-refusals", samples=samples, seed=config.seed)
-    utility = load_pairs("benign-answers", samples=samples, seed=config.seed)
-    run = attribute(loaded, safety, utility, thresholds=Thresholds(h_ru=config.h_ru), seed=config.seed,
-                    progress=progress)
+    run = attribute_builtin(loaded, samples=samples, seed=config.seed, thresholds=Thresholds(h_ru=config.h_ru),
+                            progress=progress)
     return trainable_masks(loaded, run.units, train_only=GroupSpec.parse(config.budget_groups)), run.manifest["roles"]
 
 

@@ -167,6 +167,15 @@ def _units_table(scores: dict[str, list]) -> pd.DataFrame:
     return units
 
 
+def attribute_builtin(loaded: LoadedModel, *, samples: int = 128, seed: int = 0,
+                      thresholds: Thresholds = Thresholds(), progress: Progress | None = None) -> Attribution:
+    """`attribute` on the built-in calibration sets: `samples` pairs of advbench-refusals (AdvBench #101-520 with
+    refusals) and of benign-answers, drawn with `seed`."""
+    safety = load_pairs("advbench-refusals", samples=samples, seed=seed)
+    utility = load_pairs("benign-answers", samples=samples, seed=seed)
+    return attribute(loaded, safety, utility, thresholds=thresholds, seed=seed, progress=progress)
+
+
 def run_attribution(model: str, safety: str, utility: str, out: str | Path | None = None, *,
                     samples: int | None = 128, max_length: int | None = None, batch_size: int = 8,
                     device: str = "auto", dtype: str = "auto", seed: int = 0, positions: str = "response",

@@ -77,12 +77,10 @@ def measure(loaded: LoadedModel, config: ReproConfig, progress: Progress | None 
 
 
 def _attribute(loaded: LoadedModel, config: ReproConfig, out: Path, progress: Progress | None):
-    from .attribution import attribute, load_run
+    from .attribution import attribute_builtin, load_run
 
     if not (out / "units.parquet").is_file():
-        safety = load_pairs("advbench-refusals", samples=config.samples, seed=config.seed)
-        utility = load_pairs("benign-answers", samples=config.samples, seed=config.seed)
-        attribute(loaded, safety, utility, seed=config.seed, progress=progress).save(out)
+        attribute_builtin(loaded, samples=config.samples, seed=config.seed, progress=progress).save(out)
     return load_run(out)
 
 
