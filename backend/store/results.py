@@ -19,6 +19,15 @@ PARTIAL = ".partial-"
 TRASH = ".trash-"
 
 
+def units_text(table: "pd.DataFrame", fmt: str) -> str:
+    """A units table as CSV, or as JSON records (floats to 15 digits)."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", double_precision=15)
+    raise ValueError(f"no encoding {fmt!r}")
+
+
 class Results:
     """The results dir: one folder per run, named by run id."""
 
@@ -60,13 +69,9 @@ class Results:
         if path.is_file():
             return path
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        text = units_text(table, fmt)
         try:
-            if fmt == "csv":
-                table.to_csv(tmp, index=False)
-            elif fmt == "json":
-                table.to_json(tmp, orient="records", double_precision=15)
-            else:
-                raise ValueError(f"no encoding {fmt!r}")
+            tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
         except OSError:
             tmp.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend.store import queue
 from backend.store.models import ACTIVE, Job, Run, new_id
-from backend.store.results import RunUnits
+from backend.store.results import RunUnits, units_text
 
 from .. import checks
 from .jobs import stop_job
@@ -130,7 +130,7 @@ def read_units(run: RunDep, results: ResultsDep, units: UnitsDep,
     encoded = results.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
     if encoded is not None:
         return FileResponse(encoded, media_type=media, filename=name)
-    body = table.to_csv(index=False) if format == "csv" else table.to_json(orient="records", double_precision=15)
+    body = units_text(table, format)
     headers = {"Content-Disposition": f'attachment; filename="{name}"'} if name else None
     return Response(body, media_type=media, headers=headers)
 
