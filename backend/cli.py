@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--batch-size", type=_positive("--batch-size", 1024), default=8)
     al.add_argument("--h-ru", type=_fraction("--h-ru"), default=0.1,
                     help="budget mode: RU's share of unit parameters in the base model's attribution")
-    al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="donotanswer",
+    al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
                     help="train on at most N harmful and N benign prompts (quick trials)")
@@ -347,23 +347,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cached_evaluation(loaded, held_out: str, limit, max_new_tokens: int, progress) -> dict:
-    """The evaluation of an unchanged model, cached under SSAH_HOME by its content and the settings."""
-    import hashlib
-
-    from backend.engine.align import evaluate_alignment
-    from backend.engine.models import content_hash, ssah_home
-
-    key = hashlib.sha256(json.dumps([content_hash(loaded.folder), held_out, limit, max_new_tokens, 1]).encode())
-    path = ssah_home() / "evaluations" / f"{key.hexdigest()[:32]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = evaluate_alignment(loaded, held_out, limit=limit, max_new_tokens=max_new_tokens, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
-    return result
-
-
 def cmd_align(args: argparse.Namespace) -> int:
     import time
 
@@ -385,7 +368,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         base_folder = loaded.folder
         base_eval = None
         if not args.no_eval:
-            base_eval = _cached_evaluation(loaded, args.held_out, args.limit, args.max_new_tokens, progress)
+            base_eval = evaluate_alignment(loaded, args.held_out, limit=args.limit,
+                                           max_new_tokens=args.max_new_tokens, progress=progress, cache=True)
         timings["base evaluation"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         log = align(loaded, config, progress=progress)
@@ -453,8 +437,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for report in (args.full_report, args.budget_report):
         if report is not None and not report.is_file():
             raise ValueError(f"no alignment report at {report}; `ssah align --out DIR` writes DIR/alignment.json")
+    from dataclasses import asdict
+
+    from backend.engine.models import content_hash, resolve
+
     progress = None if args.quiet else _progress_bar()
-    steps = Steps(args.work, progress)
+    identity = {"model": content_hash(resolve(config.aligned)), "settings": asdict(config)}
+    steps = Steps(args.work, progress, identity)
     command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     def write(sections: dict) -> None:  # after every section, so a long run shows what it has so far

@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from backend.cli import main
 from backend.engine import load_model
+from backend.engine import evaluation
 from backend.engine.align import (IMPERATIVE_STYLES, QUESTION_STYLES, AlignConfig, align, alignment_data,
-                                  benign_prompts, evaluation_sets, harmful_prompts, restyle)
+                                  benign_prompts, evaluate_alignment, evaluation_sets, harmful_prompts, own_answers,
+                                  restyle)
 from backend.engine.data import REFUSALS, donotanswer_pool, load_pairs
 from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
 
@@ -58,6 +60,9 @@ def test_training_requests_leave_out_every_evaluation_row_and_the_held_out_sourc
         assert set(harmful) & prompts("harmbench")
     else:
         assert not set(harmful) & prompts("harmbench")
+        # Do-Not-Answer is trained on outside its evaluation sample, which is still evaluated
+        assert set(harmful) >= {p.prompt for p in donotanswer_pool()} - prompts("donotanswer")
+        assert "donotanswer" in eval_harmful
     assert set(harmful) >= prompts("advbench-refusals")  # AdvBench #101-520
 
 
@@ -88,6 +93,35 @@ def test_the_training_set_pairs_refusals_with_harmful_and_own_answers_with_benig
     assert alignment_data(loaded, config).benign == data.benign  # seeded, and the answers are cached
     mixed = data.mixed(0.5, 0)
     assert sum(p in data.harmful for p in mixed) == len(data.harmful) == len(mixed) - len(data.harmful)
+
+
+def test_answers_and_base_evaluations_are_cached_per_prompt_and_per_set(tiny_model_path, monkeypatch):
+    """A rerun with a few more prompts, or another held-out source, only generates what is new."""
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
+    first = own_answers(loaded, ["Name a colour.", "Count to three."], max_new_tokens=4)
+    calls = []
+    real = evaluation.generate
+
+    def counting(model, prompts, **kwargs):
+        calls.append(list(prompts))
+        return real(model, prompts, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate", counting)
+    again = own_answers(loaded, ["Count to three.", "Say hello.", "Name a colour."], max_new_tokens=4)
+    assert calls == [["Say hello."]] and again[0] == first[1] and again[2] == first[0]
+
+    calls.clear()
+    one = evaluate_alignment(loaded, "donotanswer", limit=2, max_new_tokens=4, cache=True)
+    assert sorted(p for batch in calls for p in batch) == sorted(
+        p for sets in evaluation_sets("donotanswer", 2) for rows in sets.values() for p in rows)
+    calls.clear()
+    two = evaluate_alignment(loaded, "harmbench", limit=2, max_new_tokens=4, cache=True)
+    assert calls == [evaluation_sets("harmbench", 2)[0]["harmbench"]]  # only the set not seen before
+    assert {k: v for k, v in two["sets"].items() if k != "harmbench"} == one["sets"]
+    assert two["facts_accuracy"] == one["facts_accuracy"]
+    calls.clear()
+    evaluate_alignment(loaded, "harmbench", limit=2, max_new_tokens=4)  # without cache=True: everything again
+    assert sum(len(batch) for batch in calls) == 2 * 6
 
 
 # ---------------------------------------------------------------- both modes end to end
@@ -155,8 +189,8 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
                  "--delta", str(delta), "--quiet"])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "alignment.json").read_text())
-    assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "benign-prompts", "benign-edgy",
-                                              "alarming-benign"}
+    assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "harmbench", "benign-prompts",
+                                              "benign-edgy", "alarming-benign"}  # HarmBench held out by default
     assert all(row["n"] == 2 for row in report["aligned"]["sets"].values())
     assert len(report["targets"]) == 6 and 0 <= report["aligned"]["facts_accuracy"] <= 1
     printed = capsys.readouterr().out
@@ -200,3 +234,9 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     def tables(markdown: str) -> str:
         return markdown.split("Step times")[0].split("## Discussion")[0].rstrip()
     assert tables(results.read_text()) == tables(text)
+    # a work folder measured for other settings (or another model) is refused, and nothing in it is lost
+    capsys.readouterr()
+    before = {p.name: p.read_text() for p in (tmp_path / "work").glob("*.json")}
+    assert main([*args[:args.index("--samples") + 1], "6", *args[args.index("--samples") + 2:]]) != 0
+    assert "holds results for another settings" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in (tmp_path / "work").glob("*.json")} == before

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import (ALARMING_BENIGN_TRAIN, REFUSALS, DataError, Pair, read_prompts, donotanswer_pool,
+from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, read_prompts, donotanswer_pool,
                    load_pairs)
 from .models import LoadedModel, content_hash, ssah_home
 from .scoring import Progress
@@ -77,7 +77,7 @@ class AlignConfig:
     batch_size: int = 8
     weight_decay: float = 0.0
     seed: int = 0
-    held_out: str = "donotanswer"
+    held_out: str = "harmbench"
     budget_groups: str = "RU"
     h_ru: float = 0.1
     attribution_samples: int = 128
@@ -137,11 +137,14 @@ def harmful_prompts(held_out: str) -> tuple[list[str], dict]:
 
 
 def benign_prompts() -> tuple[list[str], dict]:
-    """Training requests that must be answered: everyday instructions and alarming-word harmless requests."""
+    """Training requests that must be answered: everyday questions, everyday instructions in AdvBench's shapes,
+    and harmless requests with alarming words."""
     everyday = [p.prompt for p in load_pairs("benign-answers").pairs]
+    instructions = [p.prompt for p in read_prompts(EVERYDAY_INSTRUCTIONS)]
     alarming = [p.prompt for p in read_prompts(ALARMING_BENIGN_TRAIN)]
-    return everyday + alarming, {"benign-answers (prompts)": len(everyday),
-                                 "alarming_benign_train.jsonl": len(alarming)}
+    return everyday + instructions + alarming, {"benign-answers (prompts)": len(everyday),
+                                                "everyday_instructions.jsonl": len(instructions),
+                                                "alarming_benign_train.jsonl": len(alarming)}
 
 
 def _trim(reply: str) -> str:
@@ -155,25 +158,29 @@ def _trim(reply: str) -> str:
 
 def own_answers(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
                 progress: Progress | None = None) -> list[str]:
-    """The model's own greedy answers, cached under SSAH_HOME by model content and prompts (reruns are free)."""
+    """The model's own greedy answers, cached per prompt under SSAH_HOME by model content and token limit, so a
+    rerun, or a run with a few more prompts, only generates what is new."""
     from .evaluation import generate
 
-    key = hashlib.sha256(json.dumps([content_hash(loaded.folder), max_new_tokens, list(prompts)]).encode())
+    key = hashlib.sha256(json.dumps([content_hash(loaded.folder), max_new_tokens, 2]).encode())
     path = ssah_home() / "answers" / f"{key.hexdigest()[:32]}.json"
+    cached: dict[str, str] = {}
     if path.is_file():
         try:
-            cached = json.loads(path.read_text())
-            if isinstance(cached, list) and len(cached) == len(prompts):
-                return cached
+            loaded_cache = json.loads(path.read_text())
+            cached = loaded_cache if isinstance(loaded_cache, dict) else {}
         except (OSError, json.JSONDecodeError):
-            pass
-    replies = [_trim(r) for r in generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                          progress=progress, phase="answering benign prompts")]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(replies))
-    tmp.replace(path)
-    return replies
+            cached = {}
+    missing = list(dict.fromkeys(p for p in prompts if p not in cached))
+    if missing:
+        replies = generate(loaded, missing, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           progress=progress, phase="answering benign prompts")
+        cached.update({p: _trim(r) for p, r in zip(missing, replies)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(cached))
+        tmp.replace(path)
+    return [cached[p] for p in prompts]
 
 
 def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None) -> AlignmentData:
@@ -185,8 +192,10 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
     if config.limit:
         harmful, benign = ([rows[i] for i in sorted(rng.sample(range(len(rows)), min(config.limit, len(rows))))]
                            for rows in (harmful, benign))
-    harmful = harmful + [restyle(p, rng) for p in harmful]
-    benign = benign + [restyle(p, rng) for p in benign]
+    # Each prompt's frame is drawn from its own seeded stream, so adding prompts leaves the others' frames (and
+    # their cached answers) as they were.
+    harmful = harmful + [restyle(p, random.Random(f"{config.seed}\0{p}")) for p in harmful]
+    benign = benign + [restyle(p, random.Random(f"{config.seed}\0{p}")) for p in benign]
     answers = own_answers(loaded, benign, max_new_tokens=config.answer_tokens, progress=progress)
     benign_pairs = [Pair(p, a) for p, a in zip(benign, answers) if a.strip()]
     if not benign_pairs:
@@ -240,36 +249,77 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
 # Evaluation on sets never trained on
 
 def evaluation_sets(held_out: str, limit: int | None = None) -> tuple[dict, dict]:
-    """(harmful, benign) prompt sets for the targets: AdvBench #1-100 and the held-out source; everyday,
-    benign-but-edgy and alarming-benign prompts."""
+    """(harmful, benign) prompt sets for the targets: AdvBench #1-100, the Do-Not-Answer sample and the held-out
+    source; everyday, benign-but-edgy and alarming-benign prompts."""
     def prompts(name: str) -> list[str]:
         rows = [p.prompt for p in load_pairs(name).pairs]
         return rows[:limit] if limit else rows
 
-    harmful = {"advbench-eval": prompts("advbench-eval"), held_out: prompts(held_out)}
+    # The Do-Not-Answer evaluation sample is never trained on (training takes only the rows outside it), so it is
+    # reported either way; HarmBench is reported when it is the source left out.
+    harmful = {"advbench-eval": prompts("advbench-eval"), "donotanswer": prompts("donotanswer")}
+    if held_out != "donotanswer":
+        harmful[held_out] = prompts(held_out)
     benign = {name: prompts(name) for name in ("benign-prompts", "benign-edgy", "alarming-benign")}
     return harmful, benign
 
 
+EVALUATION_CACHE_VERSION = 1
+
+
 def evaluate_alignment(loaded: LoadedModel, held_out: str = "donotanswer", *, limit: int | None = None,
-                       max_new_tokens: int = 48, batch_size: int = 16, progress: Progress | None = None) -> dict:
-    """Per set: ASR (harmful) or refusal rate (benign), degenerate rate; knowledge (true-vs-false accuracy)."""
-    from .evaluation import evaluate_safety, fact_accuracy
+                       max_new_tokens: int = 48, batch_size: int = 16, progress: Progress | None = None,
+                       cache: bool = False) -> dict:
+    """Per set: ASR (harmful) or refusal rate (benign), degenerate rate; knowledge (true-vs-false accuracy).
+
+    `cache` keeps each set's result under SSAH_HOME by the model folder's content, so only pass it for a model
+    whose weights are still those of its folder (the base model before training): then a second run, or one with
+    another held-out source, only evaluates the sets it has not seen."""
+    from .evaluation import MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, evaluate_safety, fact_accuracy
 
     harmful, benign = evaluation_sets(held_out, limit)
-    report = evaluate_safety(loaded, harmful, benign, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                             progress=progress)
+    model_key = content_hash(loaded.folder) if cache else None
+
+    def cache_path(name: str, prompts) -> Path:
+        key = json.dumps([model_key, name, list(prompts), max_new_tokens, list(REFUSAL_KEYWORDS),
+                          list(OVER_REFUSAL_KEYWORDS), EVALUATION_CACHE_VERSION])
+        return ssah_home() / "evaluations" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+    def read(path: Path):
+        try:
+            return json.loads(path.read_text()) if cache and path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def write(path: Path, value) -> None:
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial")
+            tmp.write_text(json.dumps(value))
+            tmp.replace(path)
+
+    rows = {name: read(cache_path(name, prompts)) for name, prompts in {**harmful, **benign}.items()}
+    todo_harmful = {k: v for k, v in harmful.items() if rows[k] is None}
+    todo_benign = {k: v for k, v in benign.items() if rows[k] is None}
+    if todo_harmful or todo_benign:
+        report = evaluate_safety(loaded, todo_harmful, todo_benign, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, progress=progress)
+        for s in [*report.harmful, *report.benign]:
+            rows[s.name] = {"kind": "harmful" if s.harmful else "benign", "n": s.n,
+                            ("asr" if s.harmful else "refusal_rate"): s.asr if s.harmful else s.refusal_rate,
+                            "degenerate_rate": s.degenerate_rate,
+                            "examples": [{"prompt": r.prompt, "reply": r.reply, "verdict": r.verdict}
+                                         for r in s.rows[:3]]}
+            write(cache_path(s.name, (harmful | benign)[s.name]), rows[s.name])
     facts = list(load_pairs("facts").pairs)
-    out = {"sets": {}, "settings": {**report.settings, "limit": limit}}
-    for s in [*report.harmful, *report.benign]:
-        out["sets"][s.name] = {"kind": "harmful" if s.harmful else "benign", "n": s.n,
-                               ("asr" if s.harmful else "refusal_rate"): s.asr if s.harmful else s.refusal_rate,
-                               "degenerate_rate": s.degenerate_rate,
-                               "examples": [{"prompt": r.prompt, "reply": r.reply, "verdict": r.verdict}
-                                            for r in s.rows[:3]]}
-    out["facts_accuracy"] = fact_accuracy(loaded, facts, batch_size=batch_size)
-    out["facts_n"] = len(facts)
-    return out
+    facts_path = cache_path("facts", [f"{p.prompt}\0{p.response}" for p in facts])
+    accuracy = read(facts_path)
+    if accuracy is None:
+        accuracy = fact_accuracy(loaded, facts, batch_size=batch_size)
+        write(facts_path, accuracy)
+    return {"sets": {name: rows[name] for name in (*harmful, *benign)},
+            "settings": {"max_new_tokens": max_new_tokens, "min_words": MIN_WORDS, "keywords": list(REFUSAL_KEYWORDS),
+                         "over_refusal_keywords": list(OVER_REFUSAL_KEYWORDS), "decoding": "greedy", "limit": limit}, "facts_accuracy": accuracy, "facts_n": len(facts)}
 
 
 def targets(aligned: dict, base: dict, held_out: str) -> dict[str, dict]:

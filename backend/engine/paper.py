@@ -40,13 +40,25 @@ class ReproConfig:
 
 
 class Steps:
-    """Named results cached as JSON files in `work`."""
+    """Named results cached as JSON files in `work`. `identity` (what the results depend on: the model's
+    content, the settings) is kept in work/identity.json; a work folder made for another identity is refused, so
+    a cached table can never describe a model it was not measured on."""
 
-    def __init__(self, work: Path, progress: Progress | None = None):
+    def __init__(self, work: Path, progress: Progress | None = None, identity: dict | None = None):
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.timings: dict[str, float] = {}
+        if identity is not None:
+            path = self.work / "identity.json"
+            if path.is_file():
+                kept = json.loads(path.read_text())
+                if kept != identity:
+                    changed = sorted(k for k in {*kept, *identity} if kept.get(k) != identity.get(k))
+                    raise ValueError(f"{self.work} holds results for another {' and '.join(changed)}; pass a new "
+                                     f"--work folder (or delete this one) to measure again")
+            else:
+                path.write_text(json.dumps(identity, indent=1) + "\n")
 
     def get(self, name: str, compute: Callable[[], dict]) -> dict:
         path = self.work / f"{name}.json"
