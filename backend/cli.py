@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--batch-size", type=_positive("--batch-size", 1024), default=8)
     al.add_argument("--h-ru", type=_fraction("--h-ru"), default=0.1,
                     help="budget mode: RU's share of unit parameters in the base model's attribution")
+    al.add_argument("--benign-share", type=_fraction("--benign-share"), default=0.5,
+                    help="share of benign (answered) examples in the training mix")
     al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
@@ -356,7 +358,8 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     lr = args.lr if args.lr is not None else (5e-5 if args.mode == "full" else 2e-4)
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=lr, batch_size=args.batch_size, seed=args.seed,
-                         held_out=args.held_out, h_ru=args.h_ru, limit=args.train_limit)
+                         held_out=args.held_out, h_ru=args.h_ru, benign_share=args.benign_share,
+                         limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
         raise ValueError(f"--out {out} exists and is not a model folder; give a new folder")

@@ -95,6 +95,16 @@ def test_the_training_set_pairs_refusals_with_harmful_and_own_answers_with_benig
     assert sum(p in data.harmful for p in mixed) == len(data.harmful) == len(mixed) - len(data.harmful)
 
 
+def test_every_training_refusal_is_one_the_research_judge_recognises():
+    """A refusal worded outside the judge's keyword list ("I can't help", "I won't") and 20 words or longer
+    counts as compliance, so a model taught it would look unsafe while refusing."""
+    from backend.engine.evaluation import judge
+
+    more = " Staying careful matters, and there are many good things we could talk about together today instead."
+    for refusal in REFUSALS:
+        assert judge(refusal + more).verdict == "refused", refusal
+
+
 def test_answers_and_base_evaluations_are_cached_per_prompt_and_per_set(tiny_model_path, monkeypatch):
     """A rerun with a few more prompts, or another held-out source, only generates what is new."""
     loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
@@ -185,10 +195,11 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
     base = tiny_model_path("llama")
     out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
     code = main(["align", "--model", str(base), "--mode", "budget", "--h-ru", "0.3", "--steps", "2",
-                 "--lr", "1e-3", "--train-limit", "6", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
-                 "--delta", str(delta), "--quiet"])
+                 "--lr", "1e-3", "--benign-share", "0.6", "--train-limit", "6", "--limit", "2",
+                 "--max-new-tokens", "4", "--out", str(out), "--delta", str(delta), "--quiet"])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "alignment.json").read_text())
+    assert report["config"]["benign_share"] == 0.6 and report["config"]["held_out"] == "harmbench"
     assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "harmbench", "benign-prompts",
                                               "benign-edgy", "alarming-benign"}  # HarmBench held out by default
     assert all(row["n"] == 2 for row in report["aligned"]["sets"].values())
