@@ -218,6 +218,7 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
     config = AlignConfig(mode=mode, steps=request["steps"], batch_size=request["batch_size"],
                          lr=request["lr"] or (5e-5 if mode == "full" else 2e-4), seed=request["seed"],
                          held_out=request["held_out"], budget_groups=request["budget_groups"],
+                         benign_share=request.get("benign_share", 0.5),
                          limit=request["train_limit"], answer_tokens=request["answer_tokens"])
     units = load_run(ctx.results.folder(run.result_dir)).units if mode == "budget" else None
     progress("loading model", 0, 1)
@@ -227,7 +228,8 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
         if not ev:
             return None
         return evaluate_alignment(loaded, config.held_out, limit=ev["limit"], max_new_tokens=ev["max_new_tokens"],
-                                  progress=lambda p, d, t: progress(f"{tag}: {p}", d, t))
+                                  progress=lambda p, d, t: progress(f"{tag}: {p}", d, t),
+                                  cache=tag == "before")  # the untouched model: its sets are cached
     try:
         before = evaluated("before")
         log = align(loaded, config, progress, units=units)

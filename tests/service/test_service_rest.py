@@ -172,13 +172,14 @@ def test_an_alignment_job_trains_only_the_runs_redundant_units_and_reports_its_t
 
     accepted = client.post(f"{API}/runs/{run['id']}/alignments", json={
         "mode": "budget", "steps": 2, "lr": 1e-3, "batch_size": 4, "train_limit": 4, "answer_tokens": 6,
-        "eval": {"limit": 1, "max_new_tokens": 4}})
+        "benign_share": 0.6, "eval": {"limit": 1, "max_new_tokens": 4}})
     assert accepted.status_code == 202, accepted.text
     job = wait(client, f"{API}/jobs/{accepted.json()['id']}", timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["kind"] == "align"
     report = job["result"]
     assert report["config"]["mode"] == "budget" and len(report["training"]["loss"]) == 2
+    assert report["config"]["benign_share"] == 0.6
     assert set(report["aligned"]["sets"]) >= {"advbench-eval", "donotanswer", "alarming-benign"}
     assert len(report["targets"]) == 6
     model = Path(report["model"])
