@@ -261,15 +261,17 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
     if budget:
         out += ["## The alignment budget: RU-only vs full alignment", "",
                 "Both align SmolLM2-135M-Instruct with `ssah align` (same data and seed); budget trains only the "
-                "base model's redundant units. Sets never trained on; knowledge as above.", "",
-                "| alignment | trainable params | ASR AdvBench #1-100 | ASR held-out source | refusal benign / edgy "
-                "/ alarming | knowledge (base -> aligned) | minutes |",
-                "|---|---:|---:|---:|---|---|---:|"]
+                "base model's redundant units. Sets never trained on (the Do-Not-Answer sample is kept out even when "
+                "the rest of that source is trained on); base -> aligned in each cell's source report; knowledge as "
+                "above.", "",
+                "| alignment | trainable params | ASR AdvBench #1-100 | ASR Do-Not-Answer sample | ASR held-out "
+                "source | refusal benign / edgy / alarming | knowledge (base -> aligned) | minutes |",
+                "|---|---:|---:|---:|---:|---|---|---:|"]
         for mode, r in budget.items():
             sets = r["aligned"]["sets"]
             held = r["config"]["held_out"]
             out.append(f"| {mode} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
-                       f"{_pct(sets[held]['asr'])} ({held}) | {_pct(sets['benign-prompts']['refusal_rate'])} / "
+                       f"{_pct(sets['donotanswer']['asr'])} | {_pct(sets[held]['asr'])} ({held}) | {_pct(sets['benign-prompts']['refusal_rate'])} / "
                        f"{_pct(sets['benign-edgy']['refusal_rate'])} / {_pct(sets['alarming-benign']['refusal_rate'])} "
                        f"| {_pct(r['base']['facts_accuracy'])} -> {_pct(r['aligned']['facts_accuracy'])} | "
                        f"{(r['seconds'] or 0) / 60:.0f} |")
