@@ -262,8 +262,7 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
         out += ["## The alignment budget: RU-only vs full alignment", "",
                 "Both align SmolLM2-135M-Instruct with `ssah align` (same data and seed); budget trains only the "
                 "base model's redundant units. Sets never trained on (the Do-Not-Answer sample is kept out even when "
-                "the rest of that source is trained on); base -> aligned in each cell's source report; knowledge as "
-                "above.", "",
+                "the rest of that source is trained on); knowledge as above.", "",
                 "| alignment | trainable params | ASR AdvBench #1-100 | ASR Do-Not-Answer sample | ASR held-out "
                 "source | refusal benign / edgy / alarming | knowledge (base -> aligned) | minutes |",
                 "|---|---:|---:|---:|---:|---|---|---:|"]
