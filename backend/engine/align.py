@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, read_prompts, donotanswer_pool,
-                   load_pairs)
+from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, donotanswer_pool,
+                   load_pairs, read_prompts)
 from .models import LoadedModel, content_hash, ssah_home
 from .scoring import Progress
 
@@ -267,7 +267,7 @@ def evaluation_sets(held_out: str, limit: int | None = None) -> tuple[dict, dict
 EVALUATION_CACHE_VERSION = 1
 
 
-def evaluate_alignment(loaded: LoadedModel, held_out: str = "donotanswer", *, limit: int | None = None,
+def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limit: int | None = None,
                        max_new_tokens: int = 48, batch_size: int = 16, progress: Progress | None = None,
                        cache: bool = False) -> dict:
     """Per set: ASR (harmful) or refusal rate (benign), degenerate rate; knowledge (true-vs-false accuracy).
@@ -281,7 +281,7 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "donotanswer", *, li
     model_key = content_hash(loaded.folder) if cache else None
 
     def cache_path(name: str, prompts) -> Path:
-        key = json.dumps([model_key, name, list(prompts), max_new_tokens, list(REFUSAL_KEYWORDS),
+        key = json.dumps([model_key, name, list(prompts), max_new_tokens, MIN_WORDS, list(REFUSAL_KEYWORDS),
                           list(OVER_REFUSAL_KEYWORDS), EVALUATION_CACHE_VERSION])
         return ssah_home() / "evaluations" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
@@ -317,9 +317,10 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "donotanswer", *, li
     if accuracy is None:
         accuracy = fact_accuracy(loaded, facts, batch_size=batch_size)
         write(facts_path, accuracy)
-    return {"sets": {name: rows[name] for name in (*harmful, *benign)},
-            "settings": {"max_new_tokens": max_new_tokens, "min_words": MIN_WORDS, "keywords": list(REFUSAL_KEYWORDS),
-                         "over_refusal_keywords": list(OVER_REFUSAL_KEYWORDS), "decoding": "greedy", "limit": limit}, "facts_accuracy": accuracy, "facts_n": len(facts)}
+    settings = {"max_new_tokens": max_new_tokens, "min_words": MIN_WORDS, "keywords": list(REFUSAL_KEYWORDS),
+                "over_refusal_keywords": list(OVER_REFUSAL_KEYWORDS), "decoding": "greedy", "limit": limit}
+    return {"sets": {name: rows[name] for name in (*harmful, *benign)}, "settings": settings,
+            "facts_accuracy": accuracy, "facts_n": len(facts)}
 
 
 def targets(aligned: dict, base: dict, held_out: str) -> dict[str, dict]:

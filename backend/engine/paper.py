@@ -270,7 +270,8 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
             sets = r["aligned"]["sets"]
             held = r["config"]["held_out"]
             out.append(f"| {mode} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
-                       f"{_pct(sets['donotanswer']['asr'])} | {_pct(sets[held]['asr'])} ({held}) | {_pct(sets['benign-prompts']['refusal_rate'])} / "
+                       f"{_pct(sets['donotanswer']['asr'])} | {_pct(sets[held]['asr'])} ({held}) | "
+                       f"{_pct(sets['benign-prompts']['refusal_rate'])} / "
                        f"{_pct(sets['benign-edgy']['refusal_rate'])} / {_pct(sets['alarming-benign']['refusal_rate'])} "
                        f"| {_pct(r['base']['facts_accuracy'])} -> {_pct(r['aligned']['facts_accuracy'])} | "
                        f"{(r['seconds'] or 0) / 60:.0f} |")
