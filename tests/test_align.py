@@ -251,3 +251,5 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     assert main([*args[:args.index("--samples") + 1], "6", *args[args.index("--samples") + 2:]]) != 0
     assert "holds results for another settings" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in (tmp_path / "work").glob("*.json")} == before
+    (tmp_path / "work" / "identity.json").write_text("{broken")
+    assert main(args) != 0 and "identity.json is unreadable" in capsys.readouterr().err

@@ -52,7 +52,12 @@ class Steps:
         if identity is not None:
             path = self.work / "identity.json"
             if path.is_file():
-                kept = json.loads(path.read_text())
+                try:
+                    kept = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError) as e:
+                    raise ValueError(f"{path} is unreadable ({e}); pass a new --work folder") from None
+                if not isinstance(kept, dict):
+                    raise ValueError(f"{path} is not a work folder's identity; pass a new --work folder")
                 if kept != identity:
                     changed = sorted(k for k in {*kept, *identity} if kept.get(k) != identity.get(k))
                     raise ValueError(f"{self.work} holds results for another {' and '.join(changed)}; pass a new "
