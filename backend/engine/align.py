@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, donotanswer_pool,
                    load_pairs, read_prompts)
-from .models import LoadedModel, content_hash, ssah_home
+from .models import LoadedModel, atomic_write_text, content_hash, ssah_home
 from .scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
@@ -156,30 +156,39 @@ def _trim(reply: str) -> str:
     return reply[:cut + 1].strip() if cut > len(reply) // 3 else reply
 
 
+def _cache_file(kind: str, parts) -> Path:
+    """A JSON file under SSAH_HOME/`kind`, named by the hash of `parts` (what its content depends on)."""
+    return ssah_home() / kind / f"{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]}.json"
+
+
+def _read_cached(path: Path):
+    """A cache file's JSON, or None when it is missing or unreadable (then it is computed again)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_cached(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(value))
+
+
 def own_answers(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
                 progress: Progress | None = None) -> list[str]:
     """The model's own greedy answers, cached per prompt under SSAH_HOME by model content and token limit, so a
     rerun, or a run with a few more prompts, only generates what is new."""
     from .evaluation import generate
 
-    key = hashlib.sha256(json.dumps([content_hash(loaded.folder), max_new_tokens, 2]).encode())
-    path = ssah_home() / "answers" / f"{key.hexdigest()[:32]}.json"
-    cached: dict[str, str] = {}
-    if path.is_file():
-        try:
-            loaded_cache = json.loads(path.read_text())
-            cached = loaded_cache if isinstance(loaded_cache, dict) else {}
-        except (OSError, json.JSONDecodeError):
-            cached = {}
+    path = _cache_file("answers", [content_hash(loaded.folder), max_new_tokens, 2])
+    cached = _read_cached(path)
+    cached = cached if isinstance(cached, dict) else {}
     missing = list(dict.fromkeys(p for p in prompts if p not in cached))
     if missing:
         replies = generate(loaded, missing, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            progress=progress, phase="answering benign prompts")
         cached.update({p: _trim(r) for p, r in zip(missing, replies)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps(cached))
-        tmp.replace(path)
+        _write_cached(path, cached)
     return [cached[p] for p in prompts]
 
 
@@ -281,22 +290,16 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limi
     model_key = content_hash(loaded.folder) if cache else None
 
     def cache_path(name: str, prompts) -> Path:
-        key = json.dumps([model_key, name, list(prompts), max_new_tokens, MIN_WORDS, list(REFUSAL_KEYWORDS),
-                          list(OVER_REFUSAL_KEYWORDS), EVALUATION_CACHE_VERSION])
-        return ssah_home() / "evaluations" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        return _cache_file("evaluations", [model_key, name, list(prompts), max_new_tokens, MIN_WORDS,
+                                           list(REFUSAL_KEYWORDS), list(OVER_REFUSAL_KEYWORDS),
+                                           EVALUATION_CACHE_VERSION])
 
     def read(path: Path):
-        try:
-            return json.loads(path.read_text()) if cache and path.is_file() else None
-        except (OSError, json.JSONDecodeError):
-            return None
+        return _read_cached(path) if cache else None
 
     def write(path: Path, value) -> None:
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            tmp.write_text(json.dumps(value))
-            tmp.replace(path)
+            _write_cached(path, value)
 
     rows = {name: read(cache_path(name, prompts)) for name, prompts in {**harmful, **benign}.items()}
     todo_harmful = {k: v for k, v in harmful.items() if rows[k] is None}

@@ -238,13 +238,14 @@ def content_hash(path: str | Path) -> str:
     if changed:
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(memo_path, json.dumps(memo))
+            atomic_write_text(memo_path, json.dumps(memo))
         except OSError:
             pass  # a read-only cache only costs time
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

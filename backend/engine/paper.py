@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import load_pairs
-from .models import LoadedModel
+from .models import LoadedModel, atomic_write_text
 from .scoring import Progress
 
 GROUP_ROWS = (("SCU", "SCU"), ("UCU", "UCU"), ("RU", "RU"), ("random (SCU's mass)", "random"))
@@ -63,7 +63,7 @@ class Steps:
                     raise ValueError(f"{self.work} holds results for another {' and '.join(changed)}; pass a new "
                                      f"--work folder (or delete this one) to measure again")
             else:
-                path.write_text(json.dumps(identity, indent=1) + "\n")
+                atomic_write_text(path, json.dumps(identity, indent=1) + "\n")
 
     def get(self, name: str, compute: Callable[[], dict]) -> dict:
         path = self.work / f"{name}.json"
@@ -72,9 +72,7 @@ class Steps:
         t0 = time.perf_counter()
         value = compute()
         self.timings[name] = round(time.perf_counter() - t0, 1)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps(value, indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(value, indent=1))
         return value
 
 

@@ -218,7 +218,7 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
     config = AlignConfig(mode=mode, steps=request["steps"], batch_size=request["batch_size"],
                          lr=request["lr"] or (5e-5 if mode == "full" else 2e-4), seed=request["seed"],
                          held_out=request["held_out"], budget_groups=request["budget_groups"],
-                         benign_share=request.get("benign_share", 0.5),
+                         benign_share=request.get("benign_share", AlignConfig.benign_share),  # older jobs lack it
                          limit=request["train_limit"], answer_tokens=request["answer_tokens"])
     units = load_run(ctx.results.folder(run.result_dir)).units if mode == "budget" else None
     progress("loading model", 0, 1)
