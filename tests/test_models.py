@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tiny import ARCHS, write_gguf
 
-from backend.engine.models import ModelError, load_model, resolve, unit_map
+from backend.engine.models import ModelError, atomic_write_bytes, atomic_write_text, load_model, resolve, unit_map
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -365,3 +365,18 @@ def test_changing_a_units_input_slabs_moves_only_its_own_channels(arch, tiny_mod
                     assert changed <= expected, f"{where} moved other units' channels {sorted(changed - expected)[:8]}"
                 if s.param.endswith(".weight"):  # (a key bias can cancel in the softmax; weights cannot)
                     assert changed & expected, f"{where} moved none of its own channels"
+
+
+def test_atomic_write_replaces_whole_files_and_a_failed_write_keeps_the_old_one(tmp_path):
+    target = tmp_path / "report.json"
+    atomic_write_text(target, '{"a": 1}')
+    atomic_write_bytes(target, b'{"a": 2}')
+    assert target.read_bytes() == b'{"a": 2}'
+    # a write that cannot land (the name is taken by a folder) raises, keeps what was there, leaves no temp file
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("kept")
+    with pytest.raises(OSError):
+        atomic_write_bytes(folder, b"new")
+    assert (folder / "inside.txt").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "taken"]

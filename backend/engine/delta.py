@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .models import atomic_write_bytes
+
 DELTA_FORMAT = "ssah-delta/1"
 WEIGHTS = "model.safetensors"
 
@@ -68,13 +70,11 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
 
 
 def save_delta(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
     return path
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .data import DataError, EncodedPair, Pair, count_mask, encode_pairs
 from .interventions import GroupSpec, InterventionError, check_same_model, choose, owned_indices
-from .models import LoadedModel, UnitMap, save_folder
+from .models import LoadedModel, UnitMap, atomic_write_bytes, save_folder
 from .scoring import Progress, pad_batch
 
 IGNORE = -100  # label of tokens that do not count (prompt and padding)
@@ -141,9 +141,7 @@ class MaskPlan:
         """Write `to_bytes()` to `path` (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_bytes(self.to_bytes())
-        tmp.replace(path)
+        atomic_write_bytes(path, self.to_bytes())
         return path
 
 
