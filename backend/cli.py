@@ -442,7 +442,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise ValueError(f"no alignment report at {report}; `ssah align --out DIR` writes DIR/alignment.json")
     from dataclasses import asdict
 
-    from backend.engine.models import content_hash, resolve
+    from backend.engine.models import atomic_write_text, content_hash, resolve
 
     progress = None if args.quiet else _progress_bar()
     identity = {"model": content_hash(resolve(config.aligned)), "settings": asdict(config)}
@@ -453,7 +453,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         text = markdown(sections, config, command, steps.timings)
         old = args.out.read_text() if args.out.is_file() else ""  # read now: it may be edited during a long run
         discussion = old[old.index("\n## Discussion") + 1:] if "\n## Discussion" in old else ""
-        args.out.write_text(text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
+        atomic_write_text(args.out, text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
 
     sections: dict = {"budget": budget_section(args.full_report, args.budget_report)}
     try:

@@ -245,6 +245,9 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     def tables(markdown: str) -> str:
         return markdown.split("Step times")[0].split("## Discussion")[0].rstrip()
     assert tables(results.read_text()) == tables(text)
+    # and still reports the time each step took when it was computed
+    assert results.read_text().split("Step times")[1].split("\n")[0] == text.split("Step times")[1].split("\n")[0]
+    assert "prune-SCU" in text.split("Step times")[1].split("\n")[0]
     # a work folder measured for other settings (or another model) is refused, and nothing in it is lost
     capsys.readouterr()
     before = {p.name: p.read_text() for p in (tmp_path / "work").glob("*.json")}

@@ -48,7 +48,14 @@ class Steps:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = progress
+        # seconds per computed step, kept beside the results so that a resumed run still reports every step
         self.timings: dict[str, float] = {}
+        timings = self.work / "timings.json"
+        try:
+            kept = json.loads(timings.read_text()) if timings.is_file() else {}
+            self.timings = {k: v for k, v in kept.items() if isinstance(v, (int, float))}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            pass  # lost timings cost only a line of the report
         if identity is not None:
             path = self.work / "identity.json"
             if path.is_file():
@@ -73,6 +80,7 @@ class Steps:
         value = compute()
         self.timings[name] = round(time.perf_counter() - t0, 1)
         atomic_write_text(path, json.dumps(value, indent=1))
+        atomic_write_text(self.work / "timings.json", json.dumps(self.timings, indent=1))
         return value
 
 
@@ -294,5 +302,6 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
                     "Llama-2, its Figure 5) that over half of SCU become CU during fine-tuning and part of CU "
                     "becomes UCU.", ""]
     if timings:
-        out += ["Step times this run (s, 2 CPU cores): " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
+        out += ["Step times (s, 2 CPU cores, each as measured when the step was computed): "
+                + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
     return "\n".join(out)
