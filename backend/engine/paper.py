@@ -11,6 +11,7 @@ Every step is cached as JSON in a work folder, so an interrupted run resumes whe
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -302,6 +303,6 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
                     "Llama-2, its Figure 5) that over half of SCU become CU during fine-tuning and part of CU "
                     "becomes UCU.", ""]
     if timings:
-        out += ["Step times (s, 2 CPU cores, each as measured when the step was computed): "
+        out += [f"Step times (s, on {os.cpu_count()} CPU cores, each as measured when the step was computed): "
                 + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
     return "\n".join(out)
