@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, donotanswer_pool,
                    load_pairs, read_prompts)
-from .models import LoadedModel, atomic_write_text, content_hash, ssah_home
+from .models import LoadedModel, atomic_write_text, content_hash, read_json_cache, ssah_home
 from .scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
@@ -161,14 +161,6 @@ def _cache_file(kind: str, parts) -> Path:
     return ssah_home() / kind / f"{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]}.json"
 
 
-def _read_cached(path: Path):
-    """A cache file's JSON, or None when it is missing or unreadable (then it is computed again)."""
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _write_cached(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(value))
@@ -181,7 +173,7 @@ def own_answers(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: 
     from .evaluation import generate
 
     path = _cache_file("answers", [content_hash(loaded.folder), max_new_tokens, 2])
-    cached = _read_cached(path)
+    cached = read_json_cache(path)
     cached = cached if isinstance(cached, dict) else {}
     missing = list(dict.fromkeys(p for p in prompts if p not in cached))
     if missing:
@@ -295,7 +287,7 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limi
                                            EVALUATION_CACHE_VERSION])
 
     def read(path: Path):
-        return _read_cached(path) if cache else None
+        return read_json_cache(path) if cache else None
 
     def write(path: Path, value) -> None:
         if cache:

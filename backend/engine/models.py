@@ -222,10 +222,8 @@ def content_hash(path: str | Path) -> str:
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.suffix in (".safetensors", ".json", ".gguf") and p.is_file())
     memo_path = ssah_home() / "hashes.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
+    memo = read_json_cache(memo_path)
+    memo = memo if isinstance(memo, dict) else {}
     h = hashlib.sha256()
     changed = False
     for f in files:
@@ -242,6 +240,14 @@ def content_hash(path: str | Path) -> str:
         except OSError:
             pass  # a read-only cache only costs time
     return h.hexdigest()
+
+
+def read_json_cache(path: Path):
+    """A cache file's JSON, or None when it is missing or unreadable (the caller then computes it again)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

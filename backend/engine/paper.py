@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import load_pairs
-from .models import LoadedModel, atomic_write_text
+from .models import LoadedModel, atomic_write_text, read_json_cache
 from .scoring import Progress
 
 GROUP_ROWS = (("SCU", "SCU"), ("UCU", "UCU"), ("RU", "RU"), ("random (SCU's mass)", "random"))
@@ -50,13 +50,9 @@ class Steps:
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         # seconds per computed step, kept beside the results so that a resumed run still reports every step
-        self.timings: dict[str, float] = {}
-        timings = self.work / "timings.json"
-        try:
-            kept = json.loads(timings.read_text()) if timings.is_file() else {}
-            self.timings = {k: v for k, v in kept.items() if isinstance(v, (int, float))}
-        except (OSError, json.JSONDecodeError, AttributeError):
-            pass  # lost timings cost only a line of the report
+        kept = read_json_cache(self.work / "timings.json")  # lost timings cost only a line of the report
+        kept = kept if isinstance(kept, dict) else {}
+        self.timings: dict[str, float] = {k: v for k, v in kept.items() if isinstance(v, (int, float))}
         if identity is not None:
             path = self.work / "identity.json"
             if path.is_file():
