@@ -138,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("align", help="safety-align a chat model on a CPU (full fine-tuning or the alignment "
                                       "budget) and check it on sets never trained on")
     al.add_argument("--model", default="smollm2-135m-instruct", help="the unaligned model")
-    al.add_argument("--mode", choices=["full", "budget"], default="full",
-                    help="full: train every parameter; budget: only the base model's redundant units (RU)")
+    al.add_argument("--mode", choices=["full", "budget", "lowrank"], default="full",
+                    help="full: train every parameter; budget: only the base model's redundant units (RU); "
+                         "lowrank: a rank --rank change of every decoder linear map (ships as a small delta)")
+    al.add_argument("--rank", type=_positive("--rank", 4096), default=32, help="lowrank mode: rank of each change")
     al.add_argument("--steps", type=_positive("--steps", 100_000), default=150)
-    al.add_argument("--lr", type=float, default=None, help="default 5e-5 (full) or 2e-4 (budget)")
+    al.add_argument("--lr", type=float, default=None, help="default 5e-5 (full), 2e-4 (budget) or 5e-4 (lowrank)")
     al.add_argument("--batch-size", type=_positive("--batch-size", 1024), default=8)
     al.add_argument("--h-ru", type=_fraction("--h-ru"), default=0.1,
                     help="budget mode: RU's share of unit parameters in the base model's attribution")
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--aligned", default="smollm2-135m-safe", help="the aligned model the tables are about")
     rp.add_argument("--full-report", type=Path, help="alignment.json of `ssah align --mode full`")
     rp.add_argument("--budget-report", type=Path, help="alignment.json of `ssah align --mode budget`")
+    rp.add_argument("--lowrank-report", type=Path, help="alignment.json of `ssah align --mode lowrank`")
     rp.add_argument("--work", type=Path, required=True, help="folder for runs, models and cached step results")
     rp.add_argument("--out", type=Path, default=Path("docs/results.md"))
     rp.add_argument("--samples", type=_positive("--samples", 100_000), default=128)
@@ -356,9 +359,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
     from backend.engine.finetune import save_model
 
-    lr = args.lr if args.lr is not None else (5e-5 if args.mode == "full" else 2e-4)
+    lr = args.lr if args.lr is not None else {"full": 5e-5, "budget": 2e-4, "lowrank": 5e-4}[args.mode]
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=lr, batch_size=args.batch_size, seed=args.seed,
-                         held_out=args.held_out, h_ru=args.h_ru, benign_share=args.benign_share,
+                         held_out=args.held_out, h_ru=args.h_ru, rank=args.rank, benign_share=args.benign_share,
                          limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
@@ -437,7 +440,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     config = ReproConfig(aligned=args.aligned, samples=args.samples, harmful_limit=args.harmful_limit,
                          benign_limit=args.benign_limit, max_new_tokens=args.max_new_tokens,
                          finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
-    for report in (args.full_report, args.budget_report):
+    reports = {"full": args.full_report, "budget": args.budget_report, "lowrank": args.lowrank_report}
+    for report in reports.values():
         if report is not None and not report.is_file():
             raise ValueError(f"no alignment report at {report}; `ssah align --out DIR` writes DIR/alignment.json")
     from dataclasses import asdict
@@ -455,7 +459,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         discussion = old[old.index("\n## Discussion") + 1:] if "\n## Discussion" in old else ""
         atomic_write_text(args.out, text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
 
-    sections: dict = {"budget": budget_section(args.full_report, args.budget_report)}
+    sections: dict = {"budget": budget_section(reports)}
     try:
         for name, compute in (("pruning", pruning_table), ("freezing", freeze_table),
                               ("transfer", transfer_section)):

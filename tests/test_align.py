@@ -155,9 +155,46 @@ def test_full_alignment_trains_everything_and_budget_only_redundant_units(tiny_m
             assert torch.equal(p, before[name]), name
 
 
+def test_lowrank_alignment_changes_each_linear_map_by_a_low_rank_matrix(tiny_model_path):
+    loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    report = align(loaded, AlignConfig(mode="lowrank", rank=2, steps=3, lr=1e-2, limit=8, answer_tokens=8))
+    after = dict(loaded.model.named_parameters())
+    assert set(after) == set(before)  # the adapters are folded in: the model has its usual parameters again
+    linears = [n for n, p in after.items() if p.dim() == 2 and ".layers." in n]
+    assert linears and report["training"]["trainable_params"] == (
+        sum(2 * sum(after[n].shape) for n in linears) + sum(p.numel() for p in after.values() if p.dim() == 1))
+    for name in linears:
+        change = (after[name] - before[name]).detach()
+        assert change.abs().max() > 0, name
+        assert torch.linalg.matrix_rank(change, rtol=1e-4) <= 2, name
+    for name, p in after.items():
+        if "embed" in name:
+            assert torch.equal(p, before[name])
+
+
+def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
+    from backend.engine.adapters import low_rank_adapters
+
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with low_rank_adapters(loaded.model, 2) as names:
+            for n, p in loaded.model.named_parameters():
+                if n in names:
+                    torch.nn.init.normal_(p)  # a change that must not survive the failure
+            raise RuntimeError("boom")
+    after = dict(loaded.model.named_parameters())
+    assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
+    with pytest.raises(ValueError, match="rank 64 is not below"):
+        with low_rank_adapters(loaded.model, 64):
+            pass
+
+
 def test_bad_alignment_settings_are_named():
     for bad, field in (({"mode": "partial"}, "mode"), ({"held_out": "advbench"}, "held_out"),
-                       ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit")):
+                       ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit"),
+                       ({"rank": 0}, "rank")):
         with pytest.raises(ValueError, match=field):
             AlignConfig(**bad)
 
@@ -191,6 +228,21 @@ def test_a_delta_of_changed_rows_rebuilds_the_model_and_refuses_other_weights(tm
         read_delta(tmp_path / "junk.safetensors")
 
 
+def test_a_low_rank_change_is_stored_as_factors_and_a_full_rank_one_is_not(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    base = {"w": torch.randn(40, 30, generator=gen), "v": torch.randn(40, 30, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(40, 3, generator=gen) @ torch.randn(3, 30, generator=gen),
+           "v": base["v"] + 0.01 * torch.randn(40, 30, generator=gen)}
+    tensors, meta = make_delta(base, new)
+    assert tensors["w.lowrank_u"].shape == (40, 3) and tensors["w.lowrank_v"].shape == (3, 30)
+    assert set(tensors) == {"w.lowrank_u", "w.lowrank_v", "v.delta"}  # full rank: kept whole
+    rebuilt = {k: v.clone() for k, v in base.items()}
+    apply_delta(rebuilt, *read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta)))
+    for name in base:  # as close as float16 storage of the change allows
+        change = new[name] - base[name]
+        assert (rebuilt[name] - new[name]).norm() <= 2e-3 * change.norm(), name
+
+
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama")
     out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
@@ -217,17 +269,17 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
 def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama-gqa")
     reports = {}
-    for mode in ("full", "budget"):
+    for mode in ("full", "budget", "lowrank"):
         out = tmp_path / f"aligned-{mode}"
-        assert main(["align", "--model", str(base), "--mode", mode, "--h-ru", "0.3", "--steps", "2", "--lr", "1e-3",
-                     "--train-limit", "4", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
+        assert main(["align", "--model", str(base), "--mode", mode, "--h-ru", "0.3", "--rank", "2", "--steps", "2",
+                     "--lr", "1e-3", "--train-limit", "4", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
                      "--quiet"]) == 0
         reports[mode] = out / "alignment.json"
     results = tmp_path / "results.md"
     results.write_text("# old\n\n## Discussion\n\nWhat the numbers mean, written by hand.\n")
     args = ["reproduce", "--aligned", str(tmp_path / "aligned-budget"), "--work", str(tmp_path / "work"),
             "--out", str(results), "--full-report", str(reports["full"]), "--budget-report", str(reports["budget"]),
-            "--samples", "8", "--harmful-limit", "2", "--benign-limit", "2", "--max-new-tokens", "4",
+            "--lowrank-report", str(reports["lowrank"]), "--samples", "8", "--harmful-limit", "2", "--benign-limit", "2", "--max-new-tokens", "4",
             "--finetune-steps", "2", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     text = results.read_text()
@@ -235,7 +287,7 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
                     "## The alignment budget", "## Role transfer after full benign fine-tuning"):
         assert heading in text
     for row in ("| SCU |", "| UCU |", "| RU |", "| random (SCU's mass) |", "| freeze SCU + top 6% of CU |",
-                "| budget |", "| full |"):
+                "| budget |", "| full |", "| lowrank (rank 2) |"):
         assert row in text, row
     assert text.rstrip().endswith("What the numbers mean, written by hand.")
     # the steps are cached: a second run recomputes nothing and writes the same tables
@@ -254,5 +306,16 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     assert main([*args[:args.index("--samples") + 1], "6", *args[args.index("--samples") + 2:]]) != 0
     assert "holds results for another settings" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in (tmp_path / "work").glob("*.json")} == before
+    # a damaged step file is measured again
+    (tmp_path / "work" / "prune-SCU.json").write_text("{trunc")
+    assert main(args) == 0 and tables(results.read_text()) == tables(text)
+    assert json.loads((tmp_path / "work" / "prune-SCU.json").read_text()) == json.loads(before["prune-SCU.json"])
+    # a report without an evaluation is named before any work is done
+    no_eval = tmp_path / "no-eval"
+    assert main(["align", "--model", str(base), "--steps", "1", "--train-limit", "2", "--no-eval", "--out",
+                 str(no_eval), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--full-report", str(no_eval / "alignment.json")]) != 0
+    assert "has no evaluation" in capsys.readouterr().err
     (tmp_path / "work" / "identity.json").write_text("{broken")
     assert main(args) != 0 and "identity.json is unreadable" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from .models import LoadedModel, atomic_write_text, content_hash, read_json_cach
 from .scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
+ALIGN_MODES = ("full", "budget", "lowrank")
 
 # Frames around a request. Each is used for harmful *and* benign prompts, so that no frame is a cue to refuse.
 # {r} is the request as given, {l} the same with a lower-case first letter and no final full stop.
@@ -68,8 +69,9 @@ def restyle(request: str, rng: random.Random) -> str:
 @dataclass(frozen=True)
 class AlignConfig:
     """How to align. `mode` full trains every parameter; budget trains only the units of `budget_groups` (RU by
-    default) found by attributing the base model at `h_ru`. `held_out` names the harmful source left out of
-    training entirely (evaluated as an unseen source)."""
+    default) found by attributing the base model at `h_ru`; lowrank trains a rank-`rank` change of every decoder
+    linear map (and the norms), so the whole change ships as a small delta. `held_out` names the harmful source
+    left out of training entirely (evaluated as an unseen source)."""
 
     mode: str = "full"
     steps: int = 150
@@ -80,21 +82,22 @@ class AlignConfig:
     held_out: str = "harmbench"
     budget_groups: str = "RU"
     h_ru: float = 0.1
+    rank: int = 32
     attribution_samples: int = 128
     answer_tokens: int = 96
     benign_share: float = 0.5
     limit: int | None = None  # at most this many harmful and benign prompts (seeded): quick trials and tests
 
     def __post_init__(self):
-        if self.mode not in ("full", "budget"):
-            raise ValueError(f"mode must be full or budget, got {self.mode!r}")
+        if self.mode not in ALIGN_MODES:
+            raise ValueError(f"mode must be one of {', '.join(ALIGN_MODES)}, got {self.mode!r}")
         if self.held_out not in HELD_OUT_SOURCES:
             raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_SOURCES)}, got {self.held_out!r}")
         if not 0 < self.benign_share < 1:
             raise ValueError(f"benign_share must be between 0 and 1, got {self.benign_share}")
         if not 0 < self.h_ru < 1:
             raise ValueError(f"h_ru must be between 0 and 1, got {self.h_ru}")
-        for name in ("steps", "batch_size", "attribution_samples", "answer_tokens"):
+        for name in ("steps", "batch_size", "rank", "attribution_samples", "answer_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
@@ -228,6 +231,9 @@ def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | 
 def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, *, units=None) -> dict:
     """Align `loaded` in place (float32 weights); returns the training log and what the data was. In budget mode
     `units` (a run of this very model) names the units to train; without it the model is attributed first."""
+    import torch
+
+    from .adapters import low_rank_adapters
     from .finetune import FinetuneConfig, finetune
 
     t0 = time.perf_counter()
@@ -236,10 +242,15 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
     if config.mode == "budget":
         masks, roles = budget_masks(loaded, config, progress, units)
     pairs = data.mixed(config.benign_share, config.seed)
-    log = finetune(loaded, pairs, masks, FinetuneConfig(steps=config.steps, lr=config.lr,
-                                                        batch_size=config.batch_size,
-                                                        weight_decay=config.weight_decay, seed=config.seed),
-                   progress=progress)
+    settings = FinetuneConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
+                              weight_decay=config.weight_decay, seed=config.seed)
+    if config.mode == "lowrank":
+        with low_rank_adapters(loaded.model, config.rank, seed=config.seed) as adapters:
+            chosen = set(adapters)
+            masks = {n: torch.tensor(n in chosen or p.dim() == 1) for n, p in loaded.model.named_parameters()}
+            log = finetune(loaded, pairs, masks, settings, progress=progress)
+    else:
+        log = finetune(loaded, pairs, masks, settings, progress=progress)
     return {"config": asdict(config), "data": {**data.sources, "harmful_pairs": len(data.harmful),
                                                "benign_pairs": len(data.benign), "mixed": len(pairs)},
             "budget_roles": roles,

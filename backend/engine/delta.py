@@ -1,8 +1,12 @@
 """Weight deltas: a fine-tuned model stored as the rows or columns that changed from its base, small enough to ship
 inside the package (the built-in smollm2-135m-safe is SmolLM2-135M-Instruct plus such a file).
 
-A delta file is safetensors: per changed parameter either `NAME@AXIS.index` (int32, the changed rows/columns along
-AXIS) with `NAME@AXIS.delta` (those slices of new - base), or `NAME.delta` (the whole difference). The metadata
+A delta file is safetensors: per changed parameter one of
+- `NAME@AXIS.index` (int32, the changed rows/columns along AXIS) with `NAME@AXIS.delta` (those slices of new - base);
+- `NAME.lowrank_u` (rows x r) and `NAME.lowrank_v` (r x columns) whose product is the difference, for a matrix whose
+  change has a low rank (a model trained through low-rank adapters);
+- `NAME.delta` (the whole difference).
+Each parameter gets the smallest of these that holds its change as exactly as the storage type does. The metadata
 holds the format, the base's name and a checksum of the base tensors it changes, so a delta is never applied to
 other weights.
 """
@@ -19,7 +23,11 @@ import torch
 
 from .models import atomic_write_bytes
 
-DELTA_FORMAT = "ssah-delta/1"
+DELTA_FORMAT = "ssah-delta/2"
+READABLE_FORMATS = ("ssah-delta/1", DELTA_FORMAT)  # /1 had no low-rank entries
+# A low-rank form is used only when it is this close to the change (relative Frobenius error): about float16's own
+# rounding, so choosing it loses nothing the storage type would have kept.
+LOWRANK_TOLERANCE = 1e-3
 WEIGHTS = "model.safetensors"
 
 
@@ -59,7 +67,10 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
             if best is None or cost < best[0]:
                 best = (cost, axis, idx)
         cost, axis, idx = best
-        if cost >= diff.numel():
+        factors = _low_rank(diff, max_rank=cost // sum(diff.shape)) if diff.dim() == 2 else None
+        if factors is not None:
+            tensors[f"{name}.lowrank_u"], tensors[f"{name}.lowrank_v"] = (f.to(dtype).contiguous() for f in factors)
+        elif cost >= diff.numel():
             tensors[f"{name}.delta"] = diff.to(dtype).contiguous()
         else:
             tensors[f"{name}@{axis}.index"] = idx.to(torch.int32).contiguous()
@@ -67,6 +78,21 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
     meta = {"format": DELTA_FORMAT, "base": base_name, "base_checksum": _checksum(base, changed),
             "changed": json.dumps(changed)}
     return tensors, meta
+
+
+def _low_rank(diff: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(u, v) with u @ v within LOWRANK_TOLERANCE of `diff` and rank below `max_rank`, or None if there is none."""
+    if max_rank < 1:
+        return None
+    u, s, vh = torch.linalg.svd(diff.to(torch.float64), full_matrices=False)
+    energy = s.square()
+    # tail[r] = energy left out by keeping the first r singular values
+    tail = energy.flip(0).cumsum(0).flip(0).tolist() + [0.0]
+    allowed = (LOWRANK_TOLERANCE ** 2) * float(energy.sum())
+    rank = next(r for r, left in enumerate(tail) if left <= allowed)
+    if rank >= max_rank:
+        return None
+    return (u[:, :rank] * s[:rank]).to(torch.float32), vh[:rank].to(torch.float32)
 
 
 def save_delta(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
@@ -90,8 +116,9 @@ def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as error:
         raise DeltaError(f"{path} is not a readable delta file: {error}") from None
-    if meta.get("format") != DELTA_FORMAT:
-        raise DeltaError(f"{path} is not an {DELTA_FORMAT} file")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise DeltaError(f"{path} is not an ssah delta file (format {meta.get('format')!r}; this version reads "
+                         f"{', '.join(READABLE_FORMATS)})")
     return tensors, meta
 
 
@@ -105,7 +132,12 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
         raise DeltaError(f"the base weights differ from the ones this delta was made from ({meta.get('base')!r}); "
                          "it would give a different model")
     for key, value in tensors.items():
-        if key.endswith(".index"):
+        if key.endswith((".index", ".lowrank_v")):
+            continue
+        if key.endswith(".lowrank_u"):
+            name = key[:-len(".lowrank_u")]
+            change = value.to(torch.float32) @ tensors[f"{name}.lowrank_v"].to(torch.float32)
+            state[name].add_(change.to(state[name].dtype))
             continue
         stem = key[:-len(".delta")]
         if "@" in stem:

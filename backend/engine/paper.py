@@ -71,8 +71,9 @@ class Steps:
 
     def get(self, name: str, compute: Callable[[], dict]) -> dict:
         path = self.work / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+        kept = read_json_cache(path)  # a damaged step file is measured again, not a traceback
+        if isinstance(kept, dict):
+            return kept
         t0 = time.perf_counter()
         value = compute()
         self.timings[name] = round(time.perf_counter() - t0, 1)
@@ -169,13 +170,20 @@ def transfer_section(steps: Steps, config: ReproConfig) -> dict:
     return steps.get("transfer", computed)
 
 
-def budget_section(full_report: Path | None, budget_report: Path | None) -> dict | None:
-    """The alignment tax of full vs RU-only alignment, from two `ssah align` reports (alignment.json)."""
+def budget_section(paths: dict[str, Path | None]) -> dict | None:
+    """The alignment tax of full vs RU-only (vs low-rank) alignment, from `ssah align` reports (alignment.json)
+    by label."""
     reports = {}
-    for mode, path in (("full", full_report), ("budget", budget_report)):
+    for mode, path in paths.items():
         if path is None:
             continue
-        report = json.loads(Path(path).read_text())
+        try:
+            report = json.loads(Path(path).read_text())
+            report["config"], report["training"]["trainable_params"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a readable `ssah align` report ({e!r})") from None
+        if not report.get("aligned") or not report.get("base"):
+            raise ValueError(f"{path} has no evaluation (was it made with --no-eval?); the table needs one")
         reports[mode] = {"base": report["base"], "aligned": report["aligned"], "config": report["config"],
                          "trainable": report["training"]["trainable_params"],
                          "frozen": report["training"]["frozen_params"], "seconds": report.get("seconds"),
@@ -268,8 +276,9 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
         out.append("")
     if budget:
         out += ["## The alignment budget: RU-only vs full alignment", "",
-                "Both align SmolLM2-135M-Instruct with `ssah align` (same data and seed); budget trains only the "
-                "base model's redundant units. Sets never trained on (the Do-Not-Answer sample is kept out even when "
+                "Each aligns SmolLM2-135M-Instruct with `ssah align` (same data and seed); budget trains only the "
+                "base model's redundant units, lowrank a rank-r change of every linear map of the decoder layers "
+                "(and the norms), full everything. Sets never trained on (the Do-Not-Answer sample is kept out even when "
                 "the rest of that source is trained on); knowledge as above.", "",
                 "| alignment | trainable params | ASR AdvBench #1-100 | ASR Do-Not-Answer sample | ASR held-out "
                 "source | refusal benign / edgy / alarming | knowledge (base -> aligned) | minutes |",
@@ -277,7 +286,8 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
         for mode, r in budget.items():
             sets = r["aligned"]["sets"]
             held = r["config"]["held_out"]
-            out.append(f"| {mode} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
+            label = f"{mode} (rank {r['config'].get('rank')})" if r["config"].get("mode") == "lowrank" else mode
+            out.append(f"| {label} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
                        f"{_pct(sets['donotanswer']['asr'])} | {_pct(sets[held]['asr'])} ({held}) | "
                        f"{_pct(sets['benign-prompts']['refusal_rate'])} / "
                        f"{_pct(sets['benign-edgy']['refusal_rate'])} / {_pct(sets['alarming-benign']['refusal_rate'])} "
