@@ -2,9 +2,9 @@
 themselves, then fold it into the weights.
 
 The change of a whole model is then r * (rows + columns) numbers per matrix, which is what lets an aligned model
-ship as a small delta (`delta.make_delta(..., rank=r)` stores it exactly). A change trained in full and cut to
-rank r afterwards is not the same thing: on SmolLM2-135M that cut lost most of what full alignment had learnt
-about unseen harmful requests (docs/results.md), so the rank is imposed during training.
+ship as a small delta (`delta.make_delta` stores such a change as its two factors). A change trained in full and
+cut to rank r afterwards is not the same thing: on SmolLM2-135M that cut took the unseen HarmBench ASR from 10% to
+23.5% (docs/results.md), so the rank is imposed during training.
 """
 from __future__ import annotations
 
