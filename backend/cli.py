@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--mode", choices=["full", "budget", "lowrank"], default="full",
                     help="full: train every parameter; budget: only the base model's redundant units (RU); "
                          "lowrank: a rank --rank change of every decoder linear map (ships as a small delta)")
-    al.add_argument("--rank", type=_positive("--rank", 4096), default=32, help="lowrank mode: rank of each change")
+    al.add_argument("--rank", type=_positive("--rank", 4096), default=None,
+                    help="lowrank mode: rank of each change (default 32)")
     al.add_argument("--steps", type=_positive("--steps", 100_000), default=150)
     al.add_argument("--lr", type=float, default=None, help="default 5e-5 (full), 2e-4 (budget) or 5e-4 (lowrank)")
     al.add_argument("--batch-size", type=_positive("--batch-size", 1024), default=8)
@@ -359,10 +360,11 @@ def cmd_align(args: argparse.Namespace) -> int:
     from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
     from backend.engine.finetune import save_model
 
-    lr = args.lr if args.lr is not None else {"full": 5e-5, "budget": 2e-4, "lowrank": 5e-4}[args.mode]
-    config = AlignConfig(mode=args.mode, steps=args.steps, lr=lr, batch_size=args.batch_size, seed=args.seed,
-                         held_out=args.held_out, h_ru=args.h_ru, rank=args.rank, benign_share=args.benign_share,
-                         limit=args.train_limit)
+    if args.rank is not None and args.mode != "lowrank":
+        raise ValueError(f"--rank is for --mode lowrank; --mode {args.mode} has no rank")
+    config = AlignConfig(mode=args.mode, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         held_out=args.held_out, h_ru=args.h_ru, rank=args.rank or AlignConfig.rank,
+                         benign_share=args.benign_share, limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
         raise ValueError(f"--out {out} exists and is not a model folder; give a new folder")
@@ -440,10 +442,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     config = ReproConfig(aligned=args.aligned, samples=args.samples, harmful_limit=args.harmful_limit,
                          benign_limit=args.benign_limit, max_new_tokens=args.max_new_tokens,
                          finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
-    reports = {"full": args.full_report, "budget": args.budget_report, "lowrank": args.lowrank_report}
-    for report in reports.values():
-        if report is not None and not report.is_file():
-            raise ValueError(f"no alignment report at {report}; `ssah align --out DIR` writes DIR/alignment.json")
+    # read first: a bad report is named before the work folder is made
+    budget = budget_section({"full": args.full_report, "budget": args.budget_report, "lowrank": args.lowrank_report})
     from dataclasses import asdict
 
     from backend.engine.models import atomic_write_text, content_hash, resolve
@@ -459,7 +459,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         discussion = old[old.index("\n## Discussion") + 1:] if "\n## Discussion" in old else ""
         atomic_write_text(args.out, text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
 
-    sections: dict = {"budget": budget_section(reports)}
+    sections: dict = {"budget": budget}
     try:
         for name, compute in (("pruning", pruning_table), ("freezing", freeze_table),
                               ("transfer", transfer_section)):

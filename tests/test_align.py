@@ -271,15 +271,19 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     reports = {}
     for mode in ("full", "budget", "lowrank"):
         out = tmp_path / f"aligned-{mode}"
-        assert main(["align", "--model", str(base), "--mode", mode, "--h-ru", "0.3", "--rank", "2", "--steps", "2",
+        assert main(["align", "--model", str(base), "--mode", mode, "--h-ru", "0.3", "--steps", "2",
+                     *(["--rank", "2"] if mode == "lowrank" else []),
                      "--lr", "1e-3", "--train-limit", "4", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
                      "--quiet"]) == 0
         reports[mode] = out / "alignment.json"
+    assert main(["align", "--model", str(base), "--mode", "budget", "--rank", "2", "--out", str(tmp_path / "x")]) != 0
+    assert "--rank is for --mode lowrank" in capsys.readouterr().err and not (tmp_path / "x").exists()
     results = tmp_path / "results.md"
     results.write_text("# old\n\n## Discussion\n\nWhat the numbers mean, written by hand.\n")
     args = ["reproduce", "--aligned", str(tmp_path / "aligned-budget"), "--work", str(tmp_path / "work"),
             "--out", str(results), "--full-report", str(reports["full"]), "--budget-report", str(reports["budget"]),
-            "--lowrank-report", str(reports["lowrank"]), "--samples", "8", "--harmful-limit", "2", "--benign-limit", "2", "--max-new-tokens", "4",
+            "--lowrank-report", str(reports["lowrank"]), "--samples", "8", "--harmful-limit", "2", "--benign-limit", "2",
+            "--max-new-tokens", "4",
             "--finetune-steps", "2", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     text = results.read_text()
@@ -317,5 +321,8 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     capsys.readouterr()
     assert main([*args, "--full-report", str(no_eval / "alignment.json")]) != 0
     assert "has no evaluation" in capsys.readouterr().err
+    fresh = [*args[:args.index("--work") + 1], str(tmp_path / "fresh-work"), *args[args.index("--work") + 2:]]
+    assert main([*fresh, "--lowrank-report", str(tmp_path / "nowhere.json")]) != 0
+    assert "no alignment report at" in capsys.readouterr().err and not (tmp_path / "fresh-work").exists()
     (tmp_path / "work" / "identity.json").write_text("{broken")
     assert main(args) != 0 and "identity.json is unreadable" in capsys.readouterr().err

@@ -226,6 +226,8 @@ def check_align(body: AlignCreate, units, settings: Settings) -> dict:
         check_at_most(body.eval.limit, settings.max_limit, ("body", "eval", "limit"), "max_limit")
         check_at_most(body.eval.max_new_tokens, settings.max_new_tokens, ("body", "eval", "max_new_tokens"),
                       "max_new_tokens")
+    if body.rank is not None and body.mode != "lowrank":
+        raise bad_field(("body", "rank"), f"rank is for mode lowrank; mode {body.mode} has no rank")
     if body.mode == "budget":
         try:
             chosen = choose(units, GroupSpec.parse(body.budget_groups), seed=body.seed)

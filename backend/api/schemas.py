@@ -173,12 +173,14 @@ class AlignEvalIn(Strict):
 
 class AlignCreate(Strict):
     """Safety-align the run's model (engine.align): `full` trains every parameter, `budget` only the units of the
-    run's `budget_groups` (RU by default: the paper's alignment budget, taken from this run's roles)."""
+    run's `budget_groups` (RU by default: the paper's alignment budget, taken from this run's roles), `lowrank` a
+    rank-`rank` change of every decoder linear map."""
 
-    mode: Literal["full", "budget"] = "budget"
+    mode: Literal["full", "budget", "lowrank"] = "budget"
     budget_groups: str = Field("RU", min_length=1, max_length=64, description="e.g. RU, or RU,CU:0.05")
+    rank: int | None = Field(None, ge=1, le=4096, description="lowrank mode: rank of each change (default 32)")
     steps: int = Field(150, ge=1)
-    lr: float | None = Field(None, gt=0, le=1, description="default 5e-5 (full) or 2e-4 (budget)")
+    lr: float | None = Field(None, gt=0, le=1, description="default 5e-5 (full), 2e-4 (budget) or 5e-4 (lowrank)")
     batch_size: int = Field(8, ge=1)
     held_out: Literal["donotanswer", "harmbench"] = "harmbench"
     benign_share: float = Field(0.5, gt=0, lt=1, description="share of benign (answered) examples in the mix")

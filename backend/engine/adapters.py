@@ -51,10 +51,10 @@ def low_rank_adapters(model: torch.nn.Module, rank: int, *, seed: int = 0) -> It
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     linears = adapted_linears(model)
-    too_big = [n for n, m in linears if rank >= min(m.weight.shape)]
+    too_big = next(((n, m) for n, m in linears if rank >= min(m.weight.shape)), None)
     if too_big:
-        raise ValueError(f"rank {rank} is not below the size of {too_big[0]} "
-                         f"{tuple(dict(linears)[too_big[0]].weight.shape)}; a low-rank change must be smaller")
+        raise ValueError(f"rank {rank} is not below the size of {too_big[0]} {tuple(too_big[1].weight.shape)}; "
+                         "a low-rank change must be smaller")
     generator = torch.Generator().manual_seed(seed)
     attached = []
     try:

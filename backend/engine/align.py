@@ -25,7 +25,8 @@ from .models import LoadedModel, atomic_write_text, content_hash, read_json_cach
 from .scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
-ALIGN_MODES = ("full", "budget", "lowrank")
+DEFAULT_LR = {"full": 5e-5, "budget": 2e-4, "lowrank": 5e-4}  # by mode: what worked on SmolLM2-135M (docs/results.md)
+ALIGN_MODES = tuple(DEFAULT_LR)
 
 # Frames around a request. Each is used for harmful *and* benign prompts, so that no frame is a cue to refuse.
 # {r} is the request as given, {l} the same with a lower-case first letter and no final full stop.
@@ -71,11 +72,11 @@ class AlignConfig:
     """How to align. `mode` full trains every parameter; budget trains only the units of `budget_groups` (RU by
     default) found by attributing the base model at `h_ru`; lowrank trains a rank-`rank` change of every decoder
     linear map (and the norms), so the whole change ships as a small delta. `held_out` names the harmful source
-    left out of training entirely (evaluated as an unseen source)."""
+    left out of training entirely (evaluated as an unseen source). `lr` None is the mode's DEFAULT_LR."""
 
     mode: str = "full"
     steps: int = 150
-    lr: float = 5e-5
+    lr: float | None = None
     batch_size: int = 8
     weight_decay: float = 0.0
     seed: int = 0
@@ -91,6 +92,8 @@ class AlignConfig:
     def __post_init__(self):
         if self.mode not in ALIGN_MODES:
             raise ValueError(f"mode must be one of {', '.join(ALIGN_MODES)}, got {self.mode!r}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.mode])
         if self.held_out not in HELD_OUT_SOURCES:
             raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_SOURCES)}, got {self.held_out!r}")
         if not 0 < self.benign_share < 1:
@@ -102,7 +105,7 @@ class AlignConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit must be a positive integer or None, got {self.limit!r}")
-        if not self.lr > 0:
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
 

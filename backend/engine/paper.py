@@ -177,6 +177,8 @@ def budget_section(paths: dict[str, Path | None]) -> dict | None:
     for mode, path in paths.items():
         if path is None:
             continue
+        if not Path(path).is_file():
+            raise ValueError(f"no alignment report at {path}; `ssah align --out DIR` writes DIR/alignment.json")
         try:
             report = json.loads(Path(path).read_text())
             report["config"], report["training"]["trainable_params"]

@@ -261,6 +261,8 @@ def test_bad_preview_and_finetune_fields_are_named(client, run, roots):
     assert bad_fields(client.post(alignments, json={"mode": "partial"})) == ["body.mode"]
     assert bad_fields(client.post(alignments, json={"steps": 10**9})) == ["body.steps"]
     assert bad_fields(client.post(alignments, json={"budget_groups": "XYZ"})) == ["body.budget_groups"]
+    assert bad_fields(client.post(alignments, json={"mode": "full", "rank": 8})) == ["body.rank"]
+    assert bad_fields(client.post(alignments, json={"mode": "lowrank", "rank": 0})) == ["body.rank"]
     assert bad_fields(client.post(alignments, json={"eval": {"limit": 10**6}})) == ["body.eval.limit"]
     queued = client.post(f"{API}/runs", json=run_body(roots, seed=99)).json()
     client.delete(f"{API}/runs/{queued['id']}")
