@@ -7,24 +7,16 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 from backend.api.settings import Settings
-from backend.store.db import make_engine, session_factory
-from backend.store.queue import fail_running
-from backend.store.results import Results
 
 from . import worker
-from .runner import recover_lost_jobs
+from .runner import SupervisedRunner
 
 log = logging.getLogger("ssah.jobs")
-
-SUPERVISE_EVERY_S = 0.5
-SWEEP_EVERY_S = 10.0
-QUICK_DEATH_S = 10.0  # a worker that dies this soon after starting is restarted with a growing delay
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -55,45 +47,17 @@ class Slot:
     next_start: float = 0.0
 
 
-class LocalRunner:
+class LocalRunner(SupervisedRunner):
     def __init__(self, settings: Settings):
-        self.settings = settings
+        super().__init__(settings)
         self.context = mp.get_context("spawn")
-        self.sessions = session_factory(make_engine(settings.database_url))
-        self.results = Results(settings.runs_dir)
         self.slots = [Slot(device, i) for i, device in enumerate(settings.devices)]
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- the Runner interface -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        with self._lock:
-            for slot in self.slots:
-                self._spawn(slot)
-        self._thread = threading.Thread(target=self._supervise, name="ssah-supervisor", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        with self._lock:
-            for slot in self.slots:
-                process = slot.process
-                if process is None:
-                    continue
-                if process.is_alive():
-                    process.terminate()
-                    process.join(timeout=5)
-                if process.is_alive():
-                    process.kill()
-                    process.join(timeout=5)
-                fail_running(self.sessions, "the service stopped while this job was running",
-                             worker_id=slot.worker_id)
-                slot.process, slot.wake = None, None  # releases the event's semaphores now, not at exit
+        self._start_slots()
 
     def notify(self) -> None:
         for slot in self.slots:
@@ -123,19 +87,6 @@ class LocalRunner:
         slot.started_at = time.monotonic()
         log.info("started worker %s (pid %s)", slot.worker_id, slot.process.pid)
 
-    def _supervise(self) -> None:
-        last_sweep = time.monotonic()
-        while not self._stopping.wait(SUPERVISE_EVERY_S):
-            try:
-                with self._lock:
-                    for slot in self.slots:
-                        self._check(slot)
-                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-                    recover_lost_jobs(self.sessions, self.results, self.settings.lost_after_s)
-                    last_sweep = time.monotonic()
-            except Exception:  # the supervisor must outlive a database hiccup
-                log.exception("supervisor check failed; trying again")
-
     def _check(self, slot: Slot) -> None:
         process = slot.process
         if process is None or process.is_alive() or self._stopping.is_set():
@@ -143,17 +94,19 @@ class LocalRunner:
                 self._spawn(slot)
             return
         process.join(timeout=1)
-        how = describe_exit(process.exitcode)
-        # A worker that dies takes its job with it; it is not retried: what killed it (often running out of
-        # memory) would most likely kill the next attempt too. The reason names the signal; resubmit to retry.
-        failed = fail_running(self.sessions, f"the worker process {how} while running this job",
-                              worker_id=slot.worker_id)
-        self.results.clean_partials({job.run_id for job in failed if job.run_id})
-        log.warning("worker %s %s; failed jobs: %s", slot.worker_id, how, [j.id for j in failed] or "none")
-        quick = not failed and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
-        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
-        slot.restarts += 1
         slot.process = None
-        slot.next_start = time.monotonic() + (min(60.0, 2.0 ** slot.quick_deaths) if quick else 0.0)
-        if time.monotonic() >= slot.next_start:
-            self._spawn(slot)
+        self._restart(slot, f"the worker process {describe_exit(process.exitcode)} while running this job",
+                      f"worker {slot.worker_id}")
+
+    def _halt(self, slot: Slot) -> bool:
+        process = slot.process
+        if process is None:
+            return False
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        slot.process, slot.wake = None, None  # releases the event's semaphores now, not at exit
+        return True

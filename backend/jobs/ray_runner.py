@@ -21,13 +21,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from backend.api.settings import Settings
-from backend.store.db import make_engine, session_factory
-from backend.store.queue import fail_running
-from backend.store.results import Results
 
 from . import worker
-from .local import QUICK_DEATH_S, SUPERVISE_EVERY_S, SWEEP_EVERY_S
-from .runner import recover_lost_jobs
+from .runner import SupervisedRunner
 
 log = logging.getLogger("ssah.jobs")
 
@@ -83,20 +79,16 @@ class Slot:
     next_start: float = 0.0
 
 
-class RayRunner:
+class RayRunner(SupervisedRunner):
+    thread_name = "ssah-ray-supervisor"
+
     def __init__(self, settings: Settings):
-        self.settings = settings
-        self.sessions = session_factory(make_engine(settings.database_url))
-        self.results = Results(settings.runs_dir)
-        self.slots: list[Slot] = []
+        super().__init__(settings)
         self.num_gpus = 0.0
         self.device = "cpu"
         self._owns_ray = False
         self._actor_class = ray.remote(JobActor)
         self._actor_options: dict = {}
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # -- the Runner interface -----------------------------------------------------------------------------------
@@ -118,26 +110,11 @@ class RayRunner:
                                    max_restarts=0, namespace=NAMESPACE)
         log.info("ray runner: %d actor(s) with %g GPU and %g CPU each on %s", count, self.num_gpus, s.ray_num_cpus,
                  s.ray_address or "a local Ray")
-        with self._lock:
-            self.slots = [Slot(i) for i in range(count)]
-            for slot in self.slots:
-                self._spawn(slot)
-        self._thread = threading.Thread(target=self._supervise, name="ssah-ray-supervisor", daemon=True)
-        self._thread.start()
+        self.slots = [Slot(i) for i in range(count)]
+        self._start_slots()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        with self._lock:
-            for slot in self.slots:
-                if slot.actor is None:
-                    continue
-                ray.kill(slot.actor, no_restart=True)
-                ray.wait([slot.running], timeout=STOP_WAIT_S)  # dead, so it claims nothing after the sweep below
-                fail_running(self.sessions, "the service stopped while this job was running",
-                             worker_id=slot.worker_id)
-                slot.actor = slot.ready = slot.running = None
+        super().stop()
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
@@ -170,7 +147,7 @@ class RayRunner:
             return self.settings.ray_workers
         return max(1, int(cluster_gpus // self.num_gpus)) if self.num_gpus else 1
 
-    def _grow(self) -> None:
+    def _on_sweep(self) -> None:
         """GPU nodes that joined after the start (or after an autoscaler added them) get actors too."""
         if self.settings.ray_workers or not self.num_gpus:
             return
@@ -190,20 +167,6 @@ class RayRunner:
         slot.info = {}
         slot.started_at = time.monotonic()
         log.info("started Ray actor %s (worker %s)", slot.name, slot.worker_id)
-
-    def _supervise(self) -> None:
-        last_sweep = time.monotonic()
-        while not self._stopping.wait(SUPERVISE_EVERY_S):
-            try:
-                with self._lock:
-                    for slot in self.slots:
-                        self._check(slot)
-                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-                    recover_lost_jobs(self.sessions, self.results, self.settings.lost_after_s)
-                    self._grow()
-                    last_sweep = time.monotonic()
-            except Exception:  # the supervisor must outlive a database or cluster hiccup
-                log.exception("ray supervisor check failed; trying again")
 
     def _check(self, slot: Slot) -> None:
         if self._stopping.is_set():
@@ -229,15 +192,13 @@ class RayRunner:
         except Exception as error:  # worker.main raised (e.g. the engine does not import on that node)
             how = f"stopped with an error while running this job: {death_reason(error)}"
         where = f" on {slot.info['node']}" if slot.info.get("node") else ""
-        # As with the local runner, the job is not retried: what killed the actor (often running out of memory)
-        # would most likely kill the next attempt too. The reason is Ray's; resubmit to retry.
-        failed = fail_running(self.sessions, f"the Ray worker actor{where} {how}", worker_id=slot.worker_id)
-        self.results.clean_partials({job.run_id for job in failed if job.run_id})
-        log.warning("Ray actor %s %s; failed jobs: %s", slot.name, how, [j.id for j in failed] or "none")
-        quick = not failed and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
-        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
-        slot.restarts += 1
         slot.actor = slot.ready = slot.running = None
-        slot.next_start = time.monotonic() + (min(60.0, 2.0 ** slot.quick_deaths) if quick else 0.0)
-        if time.monotonic() >= slot.next_start:
-            self._spawn(slot)
+        self._restart(slot, f"the Ray worker actor{where} {how}", f"Ray actor {slot.name}")
+
+    def _halt(self, slot: Slot) -> bool:
+        if slot.actor is None:
+            return False
+        ray.kill(slot.actor, no_restart=True)
+        ray.wait([slot.running], timeout=STOP_WAIT_S)  # dead, so it claims nothing after this
+        slot.actor = slot.ready = slot.running = None
+        return True

@@ -9,15 +9,25 @@ does all of that for one device, in a local worker process (`local.LocalRunner`)
 """
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from datetime import timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.api.settings import Settings
+from backend.store.db import make_engine, session_factory
 from backend.store.models import utcnow
 from backend.store.queue import fail_running
 from backend.store.results import Results
+
+log = logging.getLogger("ssah.jobs")
+
+SUPERVISE_EVERY_S = 0.5
+SWEEP_EVERY_S = 10.0
+QUICK_DEATH_S = 10.0  # a worker that dies this soon after starting is restarted with a growing delay
 
 
 @runtime_checkable
@@ -57,6 +67,83 @@ class NullRunner:
 
     def health(self) -> dict:
         return {"runner": "none", "workers": []}
+
+
+class SupervisedRunner:
+    """What the local and Ray runners share: slots of workers watched by a supervisor thread, which restarts a
+    worker that died (later and later while it keeps dying at once), fails the job it took with it, and sweeps
+    for jobs whose worker stopped sending heartbeats. A subclass starts a slot's worker (`_spawn`), looks at one
+    (`_check`, which calls `_restart` when it died) and stops one (`_halt`: true when there was one)."""
+
+    thread_name = "ssah-supervisor"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.sessions = session_factory(make_engine(settings.database_url))
+        self.results = Results(settings.runs_dir)
+        self.slots: list[Any] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _spawn(self, slot) -> None:
+        raise NotImplementedError
+
+    def _check(self, slot) -> None:
+        raise NotImplementedError
+
+    def _halt(self, slot) -> bool:
+        raise NotImplementedError
+
+    def _on_sweep(self) -> None:
+        """Called by the supervisor after each sweep for lost jobs."""
+
+    def _start_slots(self) -> None:
+        with self._lock:
+            for slot in self.slots:
+                self._spawn(slot)
+        self._thread = threading.Thread(target=self._supervise, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            for slot in self.slots:
+                if self._halt(slot):  # stopped first, so it claims nothing after this
+                    fail_running(self.sessions, "the service stopped while this job was running",
+                                 worker_id=slot.worker_id)
+
+    def _supervise(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stopping.wait(SUPERVISE_EVERY_S):
+            try:
+                with self._lock:
+                    for slot in self.slots:
+                        self._check(slot)
+                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                    recover_lost_jobs(self.sessions, self.results, self.settings.lost_after_s)
+                    self._on_sweep()
+                    last_sweep = time.monotonic()
+            except Exception:  # the supervisor must outlive a database or cluster hiccup
+                log.exception("%s: check failed; trying again", self.thread_name)
+
+    def _restart(self, slot, reason: str, who: str) -> None:
+        """`slot`'s worker died (its fields already cleared): fail the job it was running with `reason`, and start
+        a new worker, at once or, in a crash loop, after a delay that doubles up to a minute.
+
+        The job is not retried: what killed the worker (often running out of memory) would most likely kill the
+        next attempt too. The reason says what happened; resubmit to retry."""
+        failed = fail_running(self.sessions, reason, worker_id=slot.worker_id)
+        self.results.clean_partials({job.run_id for job in failed if job.run_id})
+        log.warning("%s: %s; failed jobs: %s", who, reason, [j.id for j in failed] or "none")
+        quick = not failed and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
+        slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
+        slot.restarts += 1
+        slot.next_start = time.monotonic() + (min(60.0, 2.0 ** slot.quick_deaths) if quick else 0.0)
+        if time.monotonic() >= slot.next_start:
+            self._spawn(slot)
 
 
 def make_runner(settings: Settings) -> Runner:
