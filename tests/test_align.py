@@ -194,7 +194,7 @@ def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
 def test_bad_alignment_settings_are_named():
     for bad, field in (({"mode": "partial"}, "mode"), ({"held_out": "advbench"}, "held_out"),
                        ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit"),
-                       ({"rank": 0}, "rank")):
+                       ({"rank": 0}, "rank"), ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr")):
         with pytest.raises(ValueError, match=field):
             AlignConfig(**bad)
 
