@@ -282,8 +282,8 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     results.write_text("# old\n\n## Discussion\n\nWhat the numbers mean, written by hand.\n")
     args = ["reproduce", "--aligned", str(tmp_path / "aligned-budget"), "--work", str(tmp_path / "work"),
             "--out", str(results), "--full-report", str(reports["full"]), "--budget-report", str(reports["budget"]),
-            "--lowrank-report", str(reports["lowrank"]), "--samples", "8", "--harmful-limit", "2", "--benign-limit", "2",
-            "--max-new-tokens", "4",
+            "--lowrank-report", str(reports["lowrank"]), "--samples", "8", "--harmful-limit", "2",
+            "--benign-limit", "2", "--max-new-tokens", "4",
             "--finetune-steps", "2", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     text = results.read_text()
