@@ -54,10 +54,7 @@ class LocalRunner(SupervisedRunner):
         self.slots = [Slot(device, i) for i, device in enumerate(settings.devices)]
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    # -- the Runner interface -----------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._start_slots()
+    # -- the Runner interface (start and stop are SupervisedRunner's) ----------------------------------------------
 
     def notify(self) -> None:
         for slot in self.slots:

@@ -111,7 +111,7 @@ class RayRunner(SupervisedRunner):
         log.info("ray runner: %d actor(s) with %g GPU and %g CPU each on %s", count, self.num_gpus, s.ray_num_cpus,
                  s.ray_address or "a local Ray")
         self.slots = [Slot(i) for i in range(count)]
-        self._start_slots()
+        super().start()
 
     def stop(self) -> None:
         super().stop()

@@ -98,7 +98,8 @@ class SupervisedRunner:
     def _on_sweep(self) -> None:
         """Called by the supervisor after each sweep for lost jobs."""
 
-    def _start_slots(self) -> None:
+    def start(self) -> None:
+        """Start a worker in every slot, and the supervisor."""
         with self._lock:
             for slot in self.slots:
                 self._spawn(slot)
