@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from backend.api.settings import Settings
 
 from . import worker
-from .runner import SupervisedRunner
+from .runner import SupervisedRunner, WorkerSlot
 
 log = logging.getLogger("ssah.jobs")
 
@@ -32,26 +32,20 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-@dataclass
-class Slot:
+@dataclass(kw_only=True)
+class Slot(WorkerSlot):
     """One device and the worker process that currently serves it."""
 
     device: str
-    index: int
     process: mp.process.BaseProcess | None = None
-    worker_id: str = ""
     wake: object = None
-    started_at: float = 0.0
-    restarts: int = 0
-    quick_deaths: int = 0
-    next_start: float = 0.0
 
 
 class LocalRunner(SupervisedRunner):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.context = mp.get_context("spawn")
-        self.slots = [Slot(device, i) for i, device in enumerate(settings.devices)]
+        self.slots = [Slot(i, device=device) for i, device in enumerate(settings.devices)]
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- the Runner interface (start and stop are SupervisedRunner's) ----------------------------------------------

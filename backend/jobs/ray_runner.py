@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError
 from backend.api.settings import Settings
 
 from . import worker
-from .runner import SupervisedRunner
+from .runner import SupervisedRunner, WorkerSlot
 
 log = logging.getLogger("ssah.jobs")
 
@@ -63,20 +63,14 @@ def death_reason(error: BaseException) -> str:
 
 
 @dataclass
-class Slot:
+class Slot(WorkerSlot):
     """One place for a worker actor, and the actor that currently fills it."""
 
-    index: int
     actor: Any = None
     name: str = ""
-    worker_id: str = ""
     ready: Any = None  # ObjectRef of JobActor.ready
     running: Any = None  # ObjectRef of JobActor.run: it resolves (to an error) when the actor dies
     info: dict = field(default_factory=dict)
-    started_at: float = 0.0
-    restarts: int = 0
-    quick_deaths: int = 0
-    next_start: float = 0.0
 
 
 class RayRunner(SupervisedRunner):

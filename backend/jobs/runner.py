@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +70,19 @@ class NullRunner:
         return {"runner": "none", "workers": []}
 
 
+@dataclass
+class WorkerSlot:
+    """One place for a worker, and the supervisor's record of it: the worker that fills it now, when it started,
+    and how often it was restarted (quick deaths push `next_start` later). Each runner adds how it holds one."""
+
+    index: int
+    worker_id: str = ""
+    started_at: float = 0.0
+    restarts: int = 0
+    quick_deaths: int = 0
+    next_start: float = 0.0
+
+
 class SupervisedRunner:
     """What the local and Ray runners share: slots of workers watched by a supervisor thread, which restarts a
     worker that died (later and later while it keeps dying at once), fails the job it took with it, and sweeps
@@ -81,7 +95,7 @@ class SupervisedRunner:
         self.settings = settings
         self.sessions = session_factory(make_engine(settings.database_url))
         self.results = Results(settings.runs_dir)
-        self.slots: list[Any] = []
+        self.slots: list[WorkerSlot] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
