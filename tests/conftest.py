@@ -15,6 +15,16 @@ transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ssah_home(tmp_path_factory):
+    """Every test runs against a temporary SSAH_HOME (converted built-in models, caches, the model-hash memo), not
+    the user's: built once per session, so the built-in models are converted once per run as on a clean machine."""
+    home = tmp_path_factory.mktemp("ssah-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSAH_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from threads, and the test machine is shared: a module asks for it with

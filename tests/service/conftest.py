@@ -1,25 +1,13 @@
 """Fixtures of the service tests: a tiny model inside a model root, calibration files inside a data root, and
 apps on a real SQLite file with a real spawned worker (or none, where no job has to run).
 
-The root conftest's fixtures (`tiny_model_path`, `safety_pairs`, `utility_pairs`) are reused; helpers live in
-servicekit.py.
+The root conftest's fixtures (`tiny_model_path`, `safety_pairs`, `utility_pairs`, the temporary SSAH_HOME) are
+reused; helpers live in servicekit.py.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from servicekit import BIG, Roots, write_jsonl
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _ssah_home(tmp_path_factory) -> Iterator[Path]:
-    """The engine's model-hash memo goes to a temporary home, not the user's cache."""
-    home = tmp_path_factory.mktemp("ssah-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SSAH_HOME", str(home))
-        yield home
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,6 @@ from uikit import browser, free_port, poll_json, serve_stack
 
 from backend.api.settings import Settings
 
-@pytest.fixture(scope="session", autouse=True)
-def _ssah_home(tmp_path_factory) -> Iterator[Path]:
-    """The engine's caches go to a temporary home, not the user's."""
-    home = tmp_path_factory.mktemp("ssah-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SSAH_HOME", str(home))
-        yield home
-
-
 def _write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
 
