@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="full: train every parameter; budget: only the base model's redundant units (RU); "
                          "lowrank: a rank --rank change of every decoder linear map (ships as a small delta)")
     al.add_argument("--rank", type=_positive("--rank", 4096), default=None,
-                    help="lowrank mode: rank of each change (default 32)")
+                    help="lowrank mode: rank of each change (default 32, 19.7 MB of delta on SmolLM2-135M)")
     al.add_argument("--steps", type=_positive("--steps", 100_000), default=150)
     al.add_argument("--lr", type=float, default=None, help="default 5e-5 (full), 2e-4 (budget) or 5e-4 (lowrank)")
     al.add_argument("--batch-size", type=_positive("--batch-size", 1024), default=8)
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--out", required=True, help="folder for the aligned model")
     al.add_argument("--delta", help="also write the change from the base as a small delta file; the model in "
                                     "--out is then rebuilt from base + delta, so the figures are the shipped model's")
+    al.add_argument("--delta-bits", type=int, choices=(16, 1), default=16,
+                    help="16: the change as it is (float16); 1: a matrix's change as its signs and one magnitude "
+                         "per row (lossy, about 1/16 of the size: ships a full fine-tune)")
     al.add_argument("--limit", type=_positive("--limit", 10_000), default=None,
                     help="evaluate on the first N prompts of each set (default: all)")
     al.add_argument("--no-eval", action="store_true", help="skip the evaluation")
@@ -360,10 +363,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
     from backend.engine.finetune import save_model
 
-    if args.rank is not None and args.mode != "lowrank":
-        raise ValueError(f"--rank is for --mode lowrank; --mode {args.mode} has no rank")
+    if args.delta_bits != 16 and not args.delta:
+        raise ValueError("--delta-bits is for --delta (the delta file it sets the form of)")
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         held_out=args.held_out, h_ru=args.h_ru, rank=args.rank or AlignConfig.rank,
+                         held_out=args.held_out, h_ru=args.h_ru, rank=args.rank,
                          benign_share=args.benign_share, limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
@@ -383,8 +386,11 @@ def cmd_align(args: argparse.Namespace) -> int:
         log = align(loaded, config, progress=progress)
         timings["alignment (data, attribution, training)"] = round(time.perf_counter() - t0, 1)
         save_model(loaded, out)
+        delta = None
         if args.delta:
-            loaded = _rebuild_from_delta(base_folder, out, Path(args.delta), args.device)
+            loaded, meta = _rebuild_from_delta(base_folder, out, Path(args.delta), args.device, args.delta_bits)
+            delta = {"path": args.delta, "bits": args.delta_bits, "bytes": Path(args.delta).stat().st_size,
+                     "approximation_error": float(meta.get("approximation_error", 0))}
         aligned_eval = None
         if not args.no_eval:
             t0 = time.perf_counter()
@@ -394,7 +400,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.close()
-    report = {"model": args.model, "out": str(out), "delta": args.delta, **log, "timings": timings,
+    report = {"model": args.model, "out": str(out), "delta": delta, **log, "timings": timings,
               "base": base_eval, "aligned": aligned_eval,
               "targets": targets(aligned_eval, base_eval, args.held_out) if aligned_eval else None}
     report_path(out).write_text(json.dumps(report, indent=2) + "\n")
@@ -403,6 +409,10 @@ def cmd_align(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {out} ({args.mode}; {log['training']['trainable_params']:,} trainable parameters, loss "
           f"{log['training']['loss'][0]:.3f} -> {log['training']['loss'][-1]:.3f}; {log['seconds']:.0f} s)")
+    if delta:
+        print(f"wrote {delta['path']} ({delta['bytes'] / 1e6:.1f} MB, {delta['bits']}-bit"
+              + (f"; relative error of the approximated change {delta['approximation_error']:.3f})"
+                 if delta["approximation_error"] else ")") + "; the figures below are of base + this delta")
     if aligned_eval:
         print(f"{'set':<16} {'measure':<14} {'base':>7} {'aligned':>8}")
         for name, row in aligned_eval["sets"].items():
@@ -415,8 +425,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str):
-    """Write the delta of `out` against `base`, rebuild `out` from base + delta, and load that model."""
+def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str, bits: int = 16):
+    """Write the delta of `out` against `base`, rebuild `out` from base + delta, and load that model (with the
+    delta's metadata)."""
     import shutil
     import tempfile
 
@@ -426,13 +437,13 @@ def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str):
     from backend.engine.delta import derive_folder, make_delta, save_delta
 
     tensors, meta = make_delta(load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors")),
-                               base_name=base.name)
+                               base_name=base.name, bits=bits)
     save_delta(delta, tensors, meta)
     rebuilt = Path(tempfile.mkdtemp(prefix=".rebuilt-", dir=out.parent)) / "model"
     derive_folder(base, delta, rebuilt)
     shutil.copy2(rebuilt / "model.safetensors", out / "model.safetensors")
     shutil.rmtree(rebuilt.parent, ignore_errors=True)
-    return load_model(str(out), device=device, dtype="float32")
+    return load_model(str(out), device=device, dtype="float32"), meta
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

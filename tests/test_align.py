@@ -3,6 +3,7 @@ requests; both modes run end to end on a tiny model; a weight delta rebuilds the
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 
@@ -194,9 +195,13 @@ def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
 def test_bad_alignment_settings_are_named():
     for bad, field in (({"mode": "partial"}, "mode"), ({"held_out": "advbench"}, "held_out"),
                        ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit"),
-                       ({"rank": 0}, "rank"), ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr")):
+                       ({"mode": "lowrank", "rank": 0}, "rank"), ({"rank": 8}, "rank is for mode lowrank"),
+                       ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr")):
         with pytest.raises(ValueError, match=field):
             AlignConfig(**bad)
+    # a mode's defaults: its learning rate, and a rank only where there is one
+    assert AlignConfig(mode="lowrank").rank == 32 and AlignConfig(mode="lowrank").lr == 5e-4
+    assert AlignConfig(mode="budget").rank is None and AlignConfig(mode="budget").lr == 2e-4
 
 
 # ---------------------------------------------------------------- deltas
@@ -243,14 +248,45 @@ def test_a_low_rank_change_is_stored_as_factors_and_a_full_rank_one_is_not(tmp_p
         assert (rebuilt[name] - new[name]).norm() <= 2e-3 * change.norm(), name
 
 
+def test_a_one_bit_delta_keeps_each_rows_signs_and_mean_size_and_says_it_is_approximate(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    base = {"w": torch.randn(64, 100, generator=gen), "n": torch.randn(100, generator=gen),
+            "few": torch.randn(64, 100, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(64, 100, generator=gen), "n": base["n"] + 0.05,
+           "few": base["few"].clone()}
+    new["few"][3] += 0.02  # one row: its exact slice is smaller than 64 rows of signs
+    tensors, meta = make_delta(base, new, bits=1)
+    assert set(tensors) == {"w.sign", "w.scale", "n.delta", "few@0.index", "few@0.delta"}
+    assert tensors["w.sign"].dtype == torch.uint8 and tensors["w.sign"].shape == (64, 13)  # 100 bits -> 13 bytes
+    assert json.loads(meta["approximate"]) == ["w"]
+    path = save_delta(tmp_path / "d.safetensors", tensors, meta)
+    rebuilt = {k: v.clone() for k, v in base.items()}
+    apply_delta(rebuilt, *read_delta(path))
+    change = new["w"] - base["w"]
+    expected = change.abs().mean(dim=1, keepdim=True) * torch.sign(change)
+    torch.testing.assert_close(rebuilt["w"] - base["w"], expected, rtol=2e-3, atol=1e-6)
+    # a Gaussian change keeps sqrt(2/pi) of its norm in this form: error sqrt(1 - 2/pi) ~ 0.60
+    error = float((rebuilt["w"] - new["w"]).norm() / change.norm())
+    assert error == pytest.approx((1 - 2 / math.pi) ** 0.5, abs=0.03)
+    assert float(meta["approximation_error"]) == pytest.approx(error, abs=1e-3)
+    for exact in ("n", "few"):
+        torch.testing.assert_close(rebuilt[exact], new[exact], rtol=0, atol=1e-4)
+    stored = sum(tensors[k].numel() * tensors[k].element_size() for k in ("w.sign", "w.scale"))
+    assert stored < change.numel() * 2 / 13  # float16 would be 2 bytes a number
+    with pytest.raises(DeltaError, match="16 or 1 bits, not 4"):
+        make_delta(base, new, bits=4)
+
+
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama")
     out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
     code = main(["align", "--model", str(base), "--mode", "budget", "--h-ru", "0.3", "--steps", "2",
                  "--lr", "1e-3", "--benign-share", "0.6", "--train-limit", "6", "--limit", "2",
-                 "--max-new-tokens", "4", "--out", str(out), "--delta", str(delta), "--quiet"])
+                 "--max-new-tokens", "4", "--out", str(out), "--delta", str(delta), "--delta-bits", "1", "--quiet"])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "alignment.json").read_text())
+    assert report["delta"]["bits"] == 1 and report["delta"]["bytes"] == delta.stat().st_size
+    assert 0 < report["delta"]["approximation_error"] < 1  # the trained rows, as signs and a size each
     assert report["config"]["benign_share"] == 0.6 and report["config"]["held_out"] == "harmbench"
     assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "harmbench", "benign-prompts",
                                               "benign-edgy", "alarming-benign"}  # HarmBench held out by default
@@ -264,6 +300,8 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
     for name, value in load_file(str(again / "model.safetensors")).items():
         assert torch.equal(value, load_file(str(out / "model.safetensors"))[name]), name
     assert load_model(str(again), device="cpu", dtype="float32").units.n_units > 0
+    assert main(["align", "--model", str(base), "--delta-bits", "1", "--out", str(tmp_path / "x")]) != 0
+    assert "--delta-bits is for --delta" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_path, tmp_path, capsys):
@@ -277,7 +315,7 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
                      "--quiet"]) == 0
         reports[mode] = out / "alignment.json"
     assert main(["align", "--model", str(base), "--mode", "budget", "--rank", "2", "--out", str(tmp_path / "x")]) != 0
-    assert "--rank is for --mode lowrank" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "rank is for mode lowrank; mode budget has no rank" in capsys.readouterr().err and not (tmp_path / "x").exists()
     results = tmp_path / "results.md"
     results.write_text("# old\n\n## Discussion\n\nWhat the numbers mean, written by hand.\n")
     args = ["reproduce", "--aligned", str(tmp_path / "aligned-budget"), "--work", str(tmp_path / "work"),

@@ -26,6 +26,7 @@ from .scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
 DEFAULT_LR = {"full": 5e-5, "budget": 2e-4, "lowrank": 5e-4}  # by mode: what worked on SmolLM2-135M (docs/results.md)
+DEFAULT_RANK = 32  # lowrank mode: 19.7 MB of delta on SmolLM2-135M
 ALIGN_MODES = tuple(DEFAULT_LR)
 
 # Frames around a request. Each is used for harmful *and* benign prompts, so that no frame is a cue to refuse.
@@ -72,7 +73,8 @@ class AlignConfig:
     """How to align. `mode` full trains every parameter; budget trains only the units of `budget_groups` (RU by
     default) found by attributing the base model at `h_ru`; lowrank trains a rank-`rank` change of every decoder
     linear map (and the norms), so the whole change ships as a small delta. `held_out` names the harmful source
-    left out of training entirely (evaluated as an unseen source). `lr` None is the mode's DEFAULT_LR."""
+    left out of training entirely (evaluated as an unseen source). `lr` None is the mode's DEFAULT_LR, `rank` None
+    DEFAULT_RANK in lowrank mode (the other modes have no rank)."""
 
     mode: str = "full"
     steps: int = 150
@@ -83,7 +85,7 @@ class AlignConfig:
     held_out: str = "harmbench"
     budget_groups: str = "RU"
     h_ru: float = 0.1
-    rank: int = 32
+    rank: int | None = None
     attribution_samples: int = 128
     answer_tokens: int = 96
     benign_share: float = 0.5
@@ -94,6 +96,10 @@ class AlignConfig:
             raise ValueError(f"mode must be one of {', '.join(ALIGN_MODES)}, got {self.mode!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.mode])
+        if self.mode == "lowrank" and self.rank is None:
+            object.__setattr__(self, "rank", DEFAULT_RANK)
+        elif self.mode != "lowrank" and self.rank is not None:
+            raise ValueError(f"rank is for mode lowrank; mode {self.mode} has no rank")
         if self.held_out not in HELD_OUT_SOURCES:
             raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_SOURCES)}, got {self.held_out!r}")
         if not 0 < self.benign_share < 1:
@@ -101,6 +107,8 @@ class AlignConfig:
         if not 0 < self.h_ru < 1:
             raise ValueError(f"h_ru must be between 0 and 1, got {self.h_ru}")
         for name in ("steps", "batch_size", "rank", "attribution_samples", "answer_tokens"):
+            if name == "rank" and self.rank is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):

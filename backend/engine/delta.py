@@ -5,10 +5,14 @@ A delta file is safetensors: per changed parameter one of
 - `NAME@AXIS.index` (int32, the changed rows/columns along AXIS) with `NAME@AXIS.delta` (those slices of new - base);
 - `NAME.lowrank_u` (rows x r) and `NAME.lowrank_v` (r x columns) whose product is the difference, for a matrix whose
   change has a low rank (a model trained through low-rank adapters);
-- `NAME.delta` (the whole difference).
-Each parameter gets the smallest of these that holds its change as exactly as the storage type does. The metadata
-holds the format, the base's name and a checksum of the base tensors it changes, so a delta is never applied to
-other weights.
+- `NAME.delta` (the whole difference);
+- `NAME.sign` (the signs of a matrix's change, packed 8 to a byte) with `NAME.scale` (one magnitude per row): a
+  1-bit delta (`bits=1`, after BitDelta, Liu et al. 2024), lossy, for a change too big to ship otherwise, such as
+  a full fine-tune. Each row is stored as its mean absolute change times the signs, the closest such form in L2.
+Each parameter gets the smallest of these that holds its change as exactly as the storage type does (with `bits=1`,
+the sign form wherever it is smaller). The metadata holds the format, the base's name, a checksum of the base
+tensors it changes (so a delta is never applied to other weights) and, for a 1-bit delta, which parameters are
+approximate and how far (relative Frobenius error of their change).
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ import torch
 
 from .models import atomic_write_bytes
 
-DELTA_FORMAT = "ssah-delta/2"
-READABLE_FORMATS = ("ssah-delta/1", DELTA_FORMAT)  # /1 had no low-rank entries
+DELTA_FORMAT = "ssah-delta/3"
+READABLE_FORMATS = ("ssah-delta/1", "ssah-delta/2", DELTA_FORMAT)  # /1 had no low-rank entries, /2 no sign ones
+DELTA_BITS = (16, 1)
 # A low-rank form is used only when it is this close to the change (relative Frobenius error): about float16's own
 # rounding, so choosing it loses nothing the storage type would have kept.
 LOWRANK_TOLERANCE = 1e-3
@@ -43,12 +48,16 @@ def _checksum(state: dict[str, torch.Tensor], names) -> str:
 
 
 def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, dtype: torch.dtype = torch.float16,
-               base_name: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of what changed from `base` to `new`, slice by slice along the cheaper axis."""
+               base_name: str = "", bits: int = 16) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of what changed from `base` to `new`, slice by slice along the cheaper axis; with
+    `bits=1` a matrix whose change is cheaper as signs and row magnitudes is stored so (lossy)."""
+    if bits not in DELTA_BITS:
+        raise DeltaError(f"a delta stores its values in {' or '.join(map(str, DELTA_BITS))} bits, not {bits}")
     if set(base) != set(new):
         raise DeltaError(f"the models have different parameters: {sorted(set(base) ^ set(new))[:3]}")
     tensors: dict[str, torch.Tensor] = {}
-    changed = []
+    changed, approximate, lost, total = [], [], 0.0, 0.0
+    itemsize = torch.tensor([], dtype=dtype).element_size()
     for name in sorted(base):
         a, b = base[name].to(torch.float32), new[name].to(torch.float32)
         if a.shape != b.shape:
@@ -68,7 +77,14 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
                 best = (cost, axis, idx)
         cost, axis, idx = best
         factors = _low_rank(diff, max_rank=cost // sum(diff.shape)) if diff.dim() == 2 else None
-        if factors is not None:
+        exact = itemsize * (factors[0].shape[1] * sum(diff.shape) if factors is not None else min(cost, diff.numel()))
+        if bits == 1 and diff.dim() == 2 and _sign_bytes(diff.shape, itemsize) < exact:
+            signs, scale = _signs(diff)
+            tensors[f"{name}.sign"], tensors[f"{name}.scale"] = signs, scale.to(dtype)
+            approximate.append(name)
+            lost += float((_unsign(signs, scale.to(dtype), diff.shape[1]) - diff).square().sum())
+            total += float(diff.square().sum())
+        elif factors is not None:
             tensors[f"{name}.lowrank_u"], tensors[f"{name}.lowrank_v"] = (f.to(dtype).contiguous() for f in factors)
         elif cost >= diff.numel():
             tensors[f"{name}.delta"] = diff.to(dtype).contiguous()
@@ -77,7 +93,32 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
             tensors[f"{name}@{axis}.delta"] = diff.index_select(axis, idx).to(dtype).contiguous()
     meta = {"format": DELTA_FORMAT, "base": base_name, "base_checksum": _checksum(base, changed),
             "changed": json.dumps(changed)}
+    if approximate:
+        meta["approximate"] = json.dumps(approximate)
+        meta["approximation_error"] = f"{(lost / total) ** 0.5:.4f}"
     return tensors, meta
+
+
+def _sign_bytes(shape: tuple[int, int], itemsize: int) -> int:
+    return shape[0] * ((shape[1] + 7) // 8) + shape[0] * itemsize
+
+
+_BIT_VALUES = 2 ** torch.arange(8, dtype=torch.uint8)
+
+
+def _signs(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed sign bits, rows x ceil(columns/8) uint8; each row's mean absolute change)."""
+    rows, cols = diff.shape
+    positive = torch.zeros(rows, (cols + 7) // 8 * 8, dtype=torch.uint8)
+    positive[:, :cols] = diff > 0
+    packed = (positive.view(rows, -1, 8) * _BIT_VALUES).sum(dim=2, dtype=torch.uint8)
+    return packed.contiguous(), diff.abs().mean(dim=1)
+
+
+def _unsign(packed: torch.Tensor, scale: torch.Tensor, cols: int) -> torch.Tensor:
+    """The change a sign entry stands for: +-scale of its row, by the packed bits."""
+    bits = (packed.unsqueeze(-1) & _BIT_VALUES).ne(0).flatten(1)[:, :cols]
+    return torch.where(bits, 1.0, -1.0) * scale.to(torch.float32).unsqueeze(1)
 
 
 def _low_rank(diff: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -132,7 +173,12 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
         raise DeltaError(f"the base weights differ from the ones this delta was made from ({meta.get('base')!r}); "
                          "it would give a different model")
     for key, value in tensors.items():
-        if key.endswith((".index", ".lowrank_v")):
+        if key.endswith((".index", ".lowrank_v", ".scale")):
+            continue
+        if key.endswith(".sign"):
+            name = key[:-len(".sign")]
+            change = _unsign(value, tensors[f"{name}.scale"], state[name].shape[1])
+            state[name].add_(change.to(state[name].dtype))
             continue
         if key.endswith(".lowrank_u"):
             name = key[:-len(".lowrank_u")]

@@ -216,7 +216,7 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
     run = _run(ctx, job.run_id)
     mode = request["mode"]
     config = AlignConfig(mode=mode, steps=request["steps"], batch_size=request["batch_size"],
-                         lr=request["lr"], rank=request.get("rank") or AlignConfig.rank, seed=request["seed"],
+                         lr=request["lr"], rank=request.get("rank"), seed=request["seed"],
                          held_out=request["held_out"], budget_groups=request["budget_groups"],
                          benign_share=request.get("benign_share", AlignConfig.benign_share),  # older jobs lack it
                          limit=request["train_limit"], answer_tokens=request["answer_tokens"])

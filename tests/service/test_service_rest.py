@@ -198,6 +198,27 @@ def test_an_alignment_job_trains_only_the_runs_redundant_units_and_reports_its_t
     assert client.get(f"{API}/jobs", params={"kind": "align"}).json()["count"] >= 1
 
 
+def test_a_lowrank_alignment_job_changes_each_decoder_map_by_at_most_its_rank(client, roots, run):
+    import torch
+    from safetensors.torch import load_file
+
+    accepted = client.post(f"{API}/runs/{run['id']}/alignments", json={
+        "mode": "lowrank", "rank": 2, "steps": 2, "lr": 1e-2, "batch_size": 4, "train_limit": 4, "answer_tokens": 6,
+        "eval": None})
+    assert accepted.status_code == 202, accepted.text
+    job = wait(client, f"{API}/jobs/{accepted.json()['id']}", timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    report = job["result"]
+    assert report["config"]["mode"] == "lowrank" and report["config"]["rank"] == 2 and report["aligned"] is None
+    base = load_file(str(roots.models / roots.model / "model.safetensors"))
+    new = load_file(str(Path(report["model"]) / "model.safetensors"))
+    changed = [name for name in base if not torch.equal(base[name], new[name])]
+    maps = [n for n in changed if new[n].dim() == 2]
+    assert maps and all(".mlp." in n or ".self_attn." in n for n in maps)  # the embedding stays
+    for name in maps:  # up to float32 rounding of the saved weights
+        assert torch.linalg.matrix_rank(new[name].double() - base[name].double(), rtol=1e-4) <= 2, name
+
+
 def test_the_same_request_is_answered_from_the_cache_at_once(client, roots, run, runs_dir):
     again = client.post(f"{API}/runs", json=run_body(roots))
     assert again.status_code == 202
