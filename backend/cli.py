@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--out is then rebuilt from base + delta, so the figures are the shipped model's")
     al.add_argument("--delta-bits", type=int, choices=(16, 1), default=16,
                     help="16: the change as it is (float16); 1: a matrix's change as its signs and one magnitude "
-                         "per row (lossy, about 1/16 of the size: ships a full fine-tune)")
+                         "per row (lossy, about 1/16 of the size; check the figures it prints before shipping one)")
     al.add_argument("--limit", type=_positive("--limit", 10_000), default=None,
                     help="evaluate on the first N prompts of each set (default: all)")
     al.add_argument("--no-eval", action="store_true", help="skip the evaluation")
