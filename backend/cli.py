@@ -274,7 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from backend.engine import load_model
     from backend.engine.attribution import load_run
     from backend.engine.data import load_pairs
-    from backend.engine.interventions import GroupSpec, choose, select
+    from backend.engine.interventions import GroupSpec, choose
     from backend.engine.preview import preview
 
     if (args.prune or args.cu_fraction) and not args.run:

@@ -1,7 +1,6 @@
 """Pruning (reversible hooks and exported weights), unit selection and random controls."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

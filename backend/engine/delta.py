@@ -80,9 +80,10 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         exact = itemsize * (factors[0].shape[1] * sum(diff.shape) if factors is not None else min(cost, diff.numel()))
         if bits == 1 and diff.dim() == 2 and _sign_bytes(diff.shape, itemsize) < exact:
             signs, scale = _signs(diff)
-            tensors[f"{name}.sign"], tensors[f"{name}.scale"] = signs, scale.to(dtype)
+            tensors[f"{name}.sign"] = signs
+            tensors[f"{name}.scale"] = scale = scale.to(dtype)  # the error below is of what is stored
             approximate.append(name)
-            lost += float((_unsign(signs, scale.to(dtype), diff.shape[1]) - diff).square().sum())
+            lost += float((_unsign(signs, scale, diff.shape[1]) - diff).square().sum())
             total += float(diff.square().sum())
         elif factors is not None:
             tensors[f"{name}.lowrank_u"], tensors[f"{name}.lowrank_v"] = (f.to(dtype).contiguous() for f in factors)
