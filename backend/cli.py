@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="budget mode: RU's share of unit parameters in the base model's attribution")
     al.add_argument("--benign-share", type=_fraction("--benign-share"), default=0.5,
                     help="share of benign (answered) examples in the training mix")
+    al.add_argument("--strength", type=_fraction("--strength"), default=1.0,
+                    help="share of the learned change kept (base + strength * change; default 1). Below 1 the "
+                         "model refuses fewer harmless requests and more harmful ones get through")
+    al.add_argument("--teacher", metavar="MODEL",
+                    help="distil this model (e.g. a full alignment's --out folder) instead of training on the "
+                         "replies' tokens: the loss is the KL divergence from its next-token distributions")
     al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
@@ -365,9 +371,14 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     if args.delta_bits != 16 and not args.delta:
         raise ValueError("--delta-bits is for --delta (the delta file it sets the form of)")
+    if args.teacher:
+        from backend.engine.models import resolve
+
+        resolve(args.teacher)  # a wrong --teacher is named before any evaluation or training
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          held_out=args.held_out, h_ru=args.h_ru, rank=args.rank,
-                         benign_share=args.benign_share, limit=args.train_limit)
+                         benign_share=args.benign_share, strength=args.strength, teacher=args.teacher,
+                         limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
         raise ValueError(f"--out {out} exists and is not a model folder; give a new folder")

@@ -174,6 +174,31 @@ def test_lowrank_alignment_changes_each_linear_map_by_a_low_rank_matrix(tiny_mod
             assert torch.equal(p, before[name])
 
 
+def test_strength_keeps_that_share_of_the_learned_change(tiny_model_path):
+    runs = {}
+    for strength in (1.0, 0.4):
+        loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+        base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+        align(loaded, AlignConfig(mode="lowrank", rank=2, steps=3, lr=1e-2, limit=8, answer_tokens=8,
+                                  strength=strength))
+        runs[strength] = {n: (p.detach() - base[n]) for n, p in loaded.model.named_parameters()}
+    changed = [n for n, c in runs[1.0].items() if c.abs().max() > 0]
+    assert changed  # the same seeded training, kept in full and at 0.4
+    for name in runs[1.0]:
+        torch.testing.assert_close(runs[0.4][name], 0.4 * runs[1.0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_teacher_is_distilled_and_a_missing_one_is_named(tiny_model_path):
+    loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    teacher = str(tiny_model_path("llama"))  # another model with the same tokenizer
+    report = align(loaded, AlignConfig(mode="lowrank", rank=2, steps=2, lr=1e-2, limit=4, answer_tokens=8,
+                                       teacher=teacher))
+    assert report["config"]["teacher"] == teacher and report["training"]["loss_kind"] == "KL from the teacher"
+    with pytest.raises(Exception, match="no-such-teacher"):
+        align(loaded, AlignConfig(mode="lowrank", rank=2, steps=1, limit=4, answer_tokens=8,
+                                  teacher="/nowhere/no-such-teacher"))
+
+
 def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
     from backend.engine.adapters import low_rank_adapters
 
@@ -196,7 +221,8 @@ def test_bad_alignment_settings_are_named():
     for bad, field in (({"mode": "partial"}, "mode"), ({"held_out": "advbench"}, "held_out"),
                        ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit"),
                        ({"mode": "lowrank", "rank": 0}, "rank"), ({"rank": 8}, "rank is for mode lowrank"),
-                       ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr")):
+                       ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr"),
+                       ({"strength": 0}, "strength"), ({"strength": 1.5}, "strength")):
         with pytest.raises(ValueError, match=field):
             AlignConfig(**bad)
     # a mode's defaults: its learning rate, and a rank only where there is one

@@ -312,3 +312,32 @@ def test_half_precision_warns_and_still_keeps_frozen_entries(tiny_model_path, ru
     for name, p in loaded.model.named_parameters():
         frozen = ~full(masks[name], p)
         assert torch.equal(p.detach()[frozen], before[name][frozen]), name
+
+
+def _kl_from(teacher, student, loaded, pairs) -> float:
+    """KL(teacher || student) per response token, written out: sum over the vocabulary of p (log p - log q)."""
+    from backend.engine.finetune import IGNORE, _batch, _encode
+
+    encoded, _ = _encode(loaded, pairs, None)
+    ids, attention, positions, labels = _batch(loaded, encoded)
+    with torch.no_grad():
+        p = torch.softmax(teacher(input_ids=ids, attention_mask=attention, position_ids=positions).logits.double(), -1)
+        q = torch.softmax(student(input_ids=ids, attention_mask=attention, position_ids=positions).logits.double(), -1)
+    scored = labels[:, 1:] != IGNORE
+    p, q = p[:, :-1][scored], q[:, :-1][scored]
+    return float((p * (p.log() - q.log())).sum(-1).mean())
+
+
+def test_distillation_moves_the_model_toward_the_teachers_distributions(tiny_model_path, utility_pairs):
+    student = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    teacher = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32").model  # same tokenizer
+    pairs = utility_pairs[:4]
+    before = _kl_from(teacher, student.model, student, pairs)
+    log = finetune(student, pairs, None, FinetuneConfig(steps=30, lr=3e-3, batch_size=4), teacher=teacher)
+    assert log["loss_kind"] == "KL from the teacher"
+    assert log["loss"][0] == pytest.approx(before, rel=1e-3)  # the first step's loss is that KL, as computed above
+    assert _kl_from(teacher, student.model, student, pairs) < 0.5 * before
+
+    teacher.resize_token_embeddings(teacher.get_input_embeddings().weight.shape[0] + 8)
+    with pytest.raises(InterventionError, match="vocabulary"):
+        finetune(student, pairs, None, FinetuneConfig(steps=1), teacher=teacher)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, donotanswer_pool,
                    load_pairs, read_prompts)
-from .models import LoadedModel, atomic_write_text, content_hash, read_json_cache, ssah_home
+from .models import LoadedModel, atomic_write_text, content_hash, load_model, read_json_cache, ssah_home
 from .scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
@@ -74,7 +74,11 @@ class AlignConfig:
     default) found by attributing the base model at `h_ru`; lowrank trains a rank-`rank` change of every decoder
     linear map (and the norms), so the whole change ships as a small delta. `held_out` names the harmful source
     left out of training entirely (evaluated as an unseen source). `lr` None is the mode's DEFAULT_LR, `rank` None
-    DEFAULT_RANK in lowrank mode (the other modes have no rank)."""
+    DEFAULT_RANK in lowrank mode (the other modes have no rank). `strength` scales the learned change before the
+    model is kept (weights = base + strength * change): 1 keeps it as trained; below 1 moves the model part of the
+    way back to the base, which answers more harmless requests and more harmful ones, a trade to check on the
+    evaluation sets. `teacher` (a model spec, e.g. a full alignment's folder) makes training distil that model:
+    the loss is the KL divergence from its next-token distributions on the same replies."""
 
     mode: str = "full"
     steps: int = 150
@@ -89,6 +93,8 @@ class AlignConfig:
     attribution_samples: int = 128
     answer_tokens: int = 96
     benign_share: float = 0.5
+    strength: float = 1.0
+    teacher: str | None = None
     limit: int | None = None  # at most this many harmful and benign prompts (seeded): quick trials and tests
 
     def __post_init__(self):
@@ -104,6 +110,9 @@ class AlignConfig:
             raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_SOURCES)}, got {self.held_out!r}")
         if not 0 < self.benign_share < 1:
             raise ValueError(f"benign_share must be between 0 and 1, got {self.benign_share}")
+        if not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be above 0 and at most 1 (the share of the learned change kept), "
+                             f"got {self.strength}")
         if not 0 < self.h_ru < 1:
             raise ValueError(f"h_ru must be between 0 and 1, got {self.h_ru}")
         for name in ("steps", "batch_size", "rank", "attribution_samples", "answer_tokens"):
@@ -248,6 +257,13 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
     from .finetune import FinetuneConfig, finetune
 
     t0 = time.perf_counter()
+    teacher = None  # loaded first: a wrong path fails before any work
+    if config.teacher is not None:
+        teacher = load_model(config.teacher, device=str(loaded.device), dtype="float32")
+        if teacher.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
+            raise ValueError(f"the teacher {config.teacher} has another tokenizer than the model; distillation "
+                             "needs the same one")
+        teacher = teacher.model
     data = alignment_data(loaded, config, progress)
     masks, roles = (None, None)
     if config.mode == "budget":
@@ -255,13 +271,20 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
     pairs = data.mixed(config.benign_share, config.seed)
     settings = FinetuneConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
                               weight_decay=config.weight_decay, seed=config.seed)
+    before = None
+    if config.strength != 1:
+        before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     if config.mode == "lowrank":
         with low_rank_adapters(loaded.model, config.rank, seed=config.seed) as adapters:
             chosen = set(adapters)
             masks = {n: torch.tensor(n in chosen or p.dim() == 1) for n, p in loaded.model.named_parameters()}
-            log = finetune(loaded, pairs, masks, settings, progress=progress)
+            log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher)
     else:
-        log = finetune(loaded, pairs, masks, settings, progress=progress)
+        log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher)
+    if before is not None:
+        with torch.no_grad():
+            for name, param in loaded.model.named_parameters():
+                param.copy_(torch.lerp(before[name], param, config.strength))
     return {"config": asdict(config), "data": {**data.sources, "harmful_pairs": len(data.harmful),
                                                "benign_pairs": len(data.benign), "mixed": len(pairs)},
             "budget_roles": roles,

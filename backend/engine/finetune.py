@@ -254,11 +254,22 @@ def _batch(loaded: LoadedModel, rows: Sequence[EncodedPair]):
     return ids, attention, positions, ids.masked_fill(~counted, IGNORE)
 
 
-def _response_loss(model, ids, attention, positions, labels, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy on the labelled (response) tokens: logits at t predict the token at t + 1."""
+def _response_loss(model, ids, attention, positions, labels, reduction: str = "mean",
+                   teacher: torch.nn.Module | None = None) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (response) tokens: logits at t predict the token at t + 1. With a
+    `teacher`, the KL divergence from the teacher's next-token distribution on those same positions instead
+    (distillation: the student learns how sure the teacher is of each token, not only which one it chose)."""
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
-                           reduction=reduction)
+    if teacher is None:
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+                               reduction=reduction)
+    with torch.no_grad():
+        target = teacher(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+    scored = labels[:, 1:] != IGNORE
+    student = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)
+    target = F.log_softmax(target[:, :-1][scored].float(), dim=-1)
+    per_token = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)
+    return per_token.sum() if reduction == "sum" else per_token.mean()
 
 
 @torch.no_grad()
@@ -345,8 +356,11 @@ class _Frozen:
 
 
 def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.Tensor] | None,
-             config: FinetuneConfig, *, progress: Progress | None = None) -> dict:
+             config: FinetuneConfig, *, progress: Progress | None = None,
+             teacher: torch.nn.Module | None = None) -> dict:
     """Train `loaded.model` in place on response tokens, only where `masks` is True (None: full fine-tuning).
+    With a `teacher` (a model of the same vocabulary, on the same device) the loss is the KL divergence from its
+    next-token distributions on the response tokens instead of the cross-entropy of the tokens themselves.
 
     Trains in train mode (dropout as the config sets it, seeded) and hands the model back in its old mode.
     Returns a log: loss per step, lr per step, trainable and frozen parameter entries, tokens, seconds.
@@ -363,6 +377,12 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
     trainable_count, frozen_count = count_trainable(model, masks)
     if trainable_count == 0:
         raise InterventionError("nothing to train: the masks freeze every parameter (is the group empty?)")
+    if teacher is not None:
+        vocab = (teacher.get_output_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
+        if vocab[0] != vocab[1]:
+            raise InterventionError(f"the teacher's vocabulary has {vocab[0]} tokens and the model's {vocab[1]}; "
+                                    "distillation needs the same tokenizer")
+        teacher.eval()
     encoded, skipped = _encode(loaded, pairs, config.max_length)
     plan = _batch_order(len(encoded), config.batch_size, config.steps, config.seed)
 
@@ -380,7 +400,7 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 ids, attention, positions, labels = _batch(loaded, [encoded[i] for i in idx])
-                loss = _response_loss(model, ids, attention, positions, labels)
+                loss = _response_loss(model, ids, attention, positions, labels, teacher=teacher)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.max_grad_norm is not None:
@@ -403,6 +423,7 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
             "trainable_params": trainable_count, "frozen_params": frozen_count,
             "trainable_fraction": trainable_count / (trainable_count + frozen_count),
             "dtype": str(dtype).removeprefix("torch."), "samples": len(encoded), "skipped_empty": skipped, "tokens": tokens,
+            "loss_kind": "cross-entropy" if teacher is None else "KL from the teacher",
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

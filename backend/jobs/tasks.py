@@ -219,6 +219,7 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
                          lr=request["lr"], rank=request.get("rank"), seed=request["seed"],
                          held_out=request["held_out"], budget_groups=request["budget_groups"],
                          benign_share=request.get("benign_share", AlignConfig.benign_share),  # older jobs lack it
+                         strength=request.get("strength", AlignConfig.strength),
                          limit=request["train_limit"], answer_tokens=request["answer_tokens"])
     units = load_run(ctx.results.folder(run.result_dir)).units if mode == "budget" else None
     progress("loading model", 0, 1)

@@ -204,12 +204,13 @@ def test_a_lowrank_alignment_job_changes_each_decoder_map_by_at_most_its_rank(cl
 
     accepted = client.post(f"{API}/runs/{run['id']}/alignments", json={
         "mode": "lowrank", "rank": 2, "steps": 2, "lr": 1e-2, "batch_size": 4, "train_limit": 4, "answer_tokens": 6,
-        "eval": None})
+        "strength": 0.5, "eval": None})
     assert accepted.status_code == 202, accepted.text
     job = wait(client, f"{API}/jobs/{accepted.json()['id']}", timeout=300)
     assert job["status"] == "succeeded", job["error"]
     report = job["result"]
     assert report["config"]["mode"] == "lowrank" and report["config"]["rank"] == 2 and report["aligned"] is None
+    assert report["config"]["strength"] == 0.5  # half the learned change kept: still of rank 2
     base = load_file(str(roots.models / roots.model / "model.safetensors"))
     new = load_file(str(Path(report["model"]) / "model.safetensors"))
     changed = [name for name in base if not torch.equal(base[name], new[name])]
@@ -284,6 +285,7 @@ def test_bad_preview_and_finetune_fields_are_named(client, run, roots):
     assert bad_fields(client.post(alignments, json={"budget_groups": "XYZ"})) == ["body.budget_groups"]
     assert bad_fields(client.post(alignments, json={"mode": "full", "rank": 8})) == ["body.rank"]
     assert bad_fields(client.post(alignments, json={"mode": "lowrank", "rank": 0})) == ["body.rank"]
+    assert bad_fields(client.post(alignments, json={"strength": 1.5})) == ["body.strength"]
     assert bad_fields(client.post(alignments, json={"eval": {"limit": 10**6}})) == ["body.eval.limit"]
     queued = client.post(f"{API}/runs", json=run_body(roots, seed=99)).json()
     client.delete(f"{API}/runs/{queued['id']}")
