@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--delta-bits", type=int, choices=(16, 1), default=16,
                     help="16: the change as it is (float16); 1: a matrix's change as its signs and one magnitude "
                          "per row (lossy, about 1/16 of the size; check the figures it prints before shipping one)")
+    al.add_argument("--delta-keep", type=_fraction("--delta-keep"), default=None, metavar="SHARE",
+                    help="store a matrix's change as a seeded random SHARE of its entries, rescaled by 1/SHARE "
+                         "(DARE; lossy but unbiased, SHARE x the size; 0.09 puts a full fine-tune of SmolLM2-135M "
+                         "in 24 MB); check the figures it prints before shipping one")
     al.add_argument("--limit", type=_positive("--limit", 10_000), default=None,
                     help="evaluate on the first N prompts of each set (default: all)")
     al.add_argument("--no-eval", action="store_true", help="skip the evaluation")
@@ -369,8 +373,12 @@ def cmd_align(args: argparse.Namespace) -> int:
     from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
     from backend.engine.finetune import save_model
 
-    if args.delta_bits != 16 and not args.delta:
-        raise ValueError("--delta-bits is for --delta (the delta file it sets the form of)")
+    if (args.delta_bits != 16 or args.delta_keep is not None) and not args.delta:
+        raise ValueError("--delta-bits and --delta-keep are for --delta (the delta file they set the form of)")
+    if args.delta_bits != 16 and args.delta_keep is not None:
+        raise ValueError("give --delta-bits 1 or --delta-keep, not both")
+    if args.delta_keep is not None and not 0 < args.delta_keep < 1:
+        raise ValueError(f"--delta-keep must be above 0 and below 1, got {args.delta_keep:g}")
     if args.teacher:
         from backend.engine.models import resolve
 
@@ -399,8 +407,10 @@ def cmd_align(args: argparse.Namespace) -> int:
         save_model(loaded, out)
         delta = None
         if args.delta:
-            loaded, meta = _rebuild_from_delta(base_folder, out, Path(args.delta), args.device, args.delta_bits)
-            delta = {"path": args.delta, "bits": args.delta_bits, "bytes": Path(args.delta).stat().st_size,
+            loaded, meta = _rebuild_from_delta(base_folder, out, Path(args.delta), args.device, args.delta_bits,
+                                               args.delta_keep, args.seed)
+            delta = {"path": args.delta, "bits": args.delta_bits, "keep": args.delta_keep,
+                     "bytes": Path(args.delta).stat().st_size,
                      "approximation_error": float(meta.get("approximation_error", 0))}
         aligned_eval = None
         if not args.no_eval:
@@ -421,7 +431,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({args.mode}; {log['training']['trainable_params']:,} trainable parameters, loss "
           f"{log['training']['loss'][0]:.3f} -> {log['training']['loss'][-1]:.3f}; {log['seconds']:.0f} s)")
     if delta:
-        print(f"wrote {delta['path']} ({delta['bytes'] / 1e6:.1f} MB, {delta['bits']}-bit"
+        form = f"{delta['bits']}-bit" if delta["keep"] is None else f"DARE, {100 * delta['keep']:g}% of entries kept"
+        print(f"wrote {delta['path']} ({delta['bytes'] / 1e6:.1f} MB, {form}"
               + (f"; relative error of the approximated change {delta['approximation_error']:.3f})"
                  if delta["approximation_error"] else ")") + "; the figures below are of base + this delta")
     if aligned_eval:
@@ -436,7 +447,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str, bits: int = 16):
+def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str, bits: int = 16, keep: float | None = None,
+                        seed: int = 0):
     """Write the delta of `out` against `base`, rebuild `out` from base + delta, and load that model (with the
     delta's metadata)."""
     import shutil
@@ -448,7 +460,7 @@ def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str, bits: i
     from backend.engine.delta import derive_folder, make_delta, save_delta
 
     tensors, meta = make_delta(load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors")),
-                               base_name=base.name, bits=bits)
+                               base_name=base.name, bits=bits, keep=keep, seed=seed)
     save_delta(delta, tensors, meta)
     rebuilt = Path(tempfile.mkdtemp(prefix=".rebuilt-", dir=out.parent)) / "model"
     derive_folder(base, delta, rebuilt)

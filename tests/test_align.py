@@ -303,6 +303,54 @@ def test_a_one_bit_delta_keeps_each_rows_signs_and_mean_size_and_says_it_is_appr
         make_delta(base, new, bits=4)
 
 
+def _lowbias32(x: int) -> int:
+    """Wellons' lowbias32 in plain Python integers (the reference for dare_mask's int64 arithmetic)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_a_dare_delta_keeps_a_seeded_share_of_entries_unbiased_and_regenerates_its_mask(tmp_path):
+    import hashlib
+
+    from backend.engine.delta import dare_mask
+
+    gen = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(200, 300, generator=gen), "n": torch.randn(300, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(200, 300, generator=gen), "n": base["n"] + 0.05}
+    tensors, meta = make_delta(base, new, keep=0.1, seed=7)
+    assert set(tensors) == {"w.dare", "n.delta"} and json.loads(meta["approximate"]) == ["w"]
+    assert tensors["w.dare"].numel() == pytest.approx(0.1 * 200 * 300, rel=0.05)  # only the kept values stored
+    # the mask is the 32-bit hash of (entry + offset), computed here in Python integers
+    offset = int.from_bytes(hashlib.sha256(b"7\0w").digest()[:4], "little")
+    mask = dare_mask("w", (200, 300), 0.1, 7).flatten()
+    for i in (0, 1, 2, 12345, 59999):
+        assert bool(mask[i]) == (_lowbias32((i + offset) & 0xFFFFFFFF) < int(0.1 * 2 ** 32)), i
+    assert not torch.equal(mask, dare_mask("w", (200, 300), 0.1, 8).flatten())  # another seed, another mask
+
+    stored, meta = read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta))
+    state = {k: v.clone() for k, v in base.items()}
+    apply_delta(state, stored, meta)
+    change, got = new["w"] - base["w"], state["w"] - base["w"]
+    kept = mask.view(200, 300)
+    torch.testing.assert_close(got[kept], change[kept] / 0.1, rtol=2e-3, atol=1e-5)  # kept entries, rescaled
+    assert torch.all(got[~kept] == 0)
+    # unbiased: summed over 300 inputs, a row's output keeps the change's direction
+    x = torch.randn(300, 50, generator=gen)
+    assert torch.nn.functional.cosine_similarity((got @ x).flatten(), (change @ x).flatten(), dim=0) > 0.25
+    # the relative error of a random keep share p is about sqrt((1 - p) / p) = 3
+    assert float(meta["approximation_error"]) == pytest.approx(3.0, rel=0.05)
+    torch.testing.assert_close(state["n"], new["n"], rtol=0, atol=1e-4)
+    for bad, message in (({"keep": 1.0}, "keep"), ({"keep": 0.1, "bits": 1}, "not both")):
+        with pytest.raises(DeltaError, match=message):
+            make_delta(base, new, **bad)
+    meta_damaged = {**meta, "dare_seed": "8"}  # another mask: a different number of kept entries
+    with pytest.raises(DeltaError, match="damaged"):
+        apply_delta({k: v.clone() for k, v in base.items()}, stored, meta_damaged)
+
+
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama")
     out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
@@ -327,7 +375,32 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
         assert torch.equal(value, load_file(str(out / "model.safetensors"))[name]), name
     assert load_model(str(again), device="cpu", dtype="float32").units.n_units > 0
     assert main(["align", "--model", str(base), "--delta-bits", "1", "--out", str(tmp_path / "x")]) != 0
-    assert "--delta-bits is for --delta" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "are for --delta" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["align", "--model", str(base), "--delta", str(tmp_path / "x.delta"), "--delta-bits", "1",
+                 "--delta-keep", "0.1", "--out", str(tmp_path / "x")]) != 0
+    assert "not both" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_align_command_writes_a_dare_delta_of_a_full_alignment(tiny_model_path, tmp_path, capsys):
+    from backend.engine.delta import dare_mask
+
+    base = tiny_model_path("llama")
+    out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
+    code = main(["align", "--model", str(base), "--mode", "full", "--steps", "2", "--lr", "1e-3",
+                 "--train-limit", "4", "--no-eval", "--out", str(out), "--delta", str(delta),
+                 "--delta-keep", "0.25", "--seed", "3", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "alignment.json").read_text())
+    assert report["delta"]["keep"] == 0.25 and report["delta"]["bytes"] == delta.stat().st_size
+    assert "DARE, 25% of entries kept" in capsys.readouterr().out
+    tensors, meta = read_delta(delta)
+    assert meta["dare_keep"] == "0.25" and meta["dare_seed"] == "3"
+    old, new = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    matrices = [k[:-len(".dare")] for k in tensors if k.endswith(".dare")]
+    assert matrices and all(tensors[f"{n}.dare"].numel() < 0.3 * old[n].numel() for n in matrices)
+    for name in matrices:  # --out is base + the kept entries: every other entry is the base's
+        kept = dare_mask(name, old[name].shape, 0.25, 3)
+        assert torch.equal(new[name][~kept], old[name][~kept]), name
 
 
 def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_path, tmp_path, capsys):

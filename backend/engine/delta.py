@@ -8,11 +8,15 @@ A delta file is safetensors: per changed parameter one of
 - `NAME.delta` (the whole difference);
 - `NAME.sign` (the signs of a matrix's change, packed 8 to a byte) with `NAME.scale` (one magnitude per row): a
   1-bit delta (`bits=1`, after BitDelta, Liu et al. 2024), lossy, for a change too big to ship otherwise, such as
-  a full fine-tune. Each row is stored as its mean absolute change times the signs, the closest such form in L2.
+  a full fine-tune. Each row is stored as its mean absolute change times the signs, the closest such form in L2;
+- `NAME.dare` (a `keep` share of a matrix's change entries, chosen at random, each divided by `keep`: after DARE,
+  Yu et al. 2024), lossy but unbiased: the expected change is the change itself, so its errors average out over a
+  layer's many inputs. Which entries were kept is not stored: `dare_mask` regenerates them from the metadata's
+  seed and the parameter's name with a counter-based hash (the same on every machine and torch version).
 Each parameter gets the smallest of these that holds its change as exactly as the storage type does (with `bits=1`,
 the sign form wherever it is smaller). The metadata holds the format, the base's name, a checksum of the base
-tensors it changes (so a delta is never applied to other weights) and, for a 1-bit delta, which parameters are
-approximate and how far (relative Frobenius error of their change).
+tensors it changes (so a delta is never applied to other weights) and, for a 1-bit or DARE delta, which parameters
+are approximate and how far (relative Frobenius error of their change).
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ import torch
 
 from .models import atomic_write_bytes
 
-DELTA_FORMAT = "ssah-delta/3"
-READABLE_FORMATS = ("ssah-delta/1", "ssah-delta/2", DELTA_FORMAT)  # /1 had no low-rank entries, /2 no sign ones
+DELTA_FORMAT = "ssah-delta/4"
+# /1 had no low-rank entries, /2 no sign ones, /3 no DARE ones
+READABLE_FORMATS = ("ssah-delta/1", "ssah-delta/2", "ssah-delta/3", DELTA_FORMAT)
 DELTA_BITS = (16, 1)
 # A low-rank form is used only when it is this close to the change (relative Frobenius error): about float16's own
 # rounding, so choosing it loses nothing the storage type would have kept.
@@ -48,11 +53,17 @@ def _checksum(state: dict[str, torch.Tensor], names) -> str:
 
 
 def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, dtype: torch.dtype = torch.float16,
-               base_name: str = "", bits: int = 16) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+               base_name: str = "", bits: int = 16, keep: float | None = None,
+               seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of what changed from `base` to `new`, slice by slice along the cheaper axis; with
-    `bits=1` a matrix whose change is cheaper as signs and row magnitudes is stored so (lossy)."""
+    `bits=1` a matrix whose change is cheaper as signs and row magnitudes is stored so (lossy); with `keep` one
+    whose change is cheaper as a random `keep` share of its entries (seeded by `seed`) is stored so (lossy)."""
     if bits not in DELTA_BITS:
         raise DeltaError(f"a delta stores its values in {' or '.join(map(str, DELTA_BITS))} bits, not {bits}")
+    if keep is not None and not (isinstance(keep, (int, float)) and 0 < keep < 1):
+        raise DeltaError(f"keep is the share of a change's entries kept, above 0 and below 1; got {keep!r}")
+    if keep is not None and bits != 16:
+        raise DeltaError("a delta is either 1-bit or DARE (keep), not both")
     if set(base) != set(new):
         raise DeltaError(f"the models have different parameters: {sorted(set(base) ^ set(new))[:3]}")
     tensors: dict[str, torch.Tensor] = {}
@@ -78,7 +89,13 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         cost, axis, idx = best
         factors = _low_rank(diff, max_rank=cost // sum(diff.shape)) if diff.dim() == 2 else None
         exact = itemsize * (factors[0].shape[1] * sum(diff.shape) if factors is not None else min(cost, diff.numel()))
-        if bits == 1 and diff.dim() == 2 and _sign_bytes(diff.shape, itemsize) < exact:
+        mask = dare_mask(name, diff.shape, keep, seed) if keep is not None and diff.dim() >= 2 else None
+        if mask is not None and int(mask.sum()) * itemsize < exact:
+            tensors[f"{name}.dare"] = kept = (diff[mask] / keep).to(dtype).contiguous()
+            approximate.append(name)
+            lost += float((_undare(kept, mask) - diff).square().sum())
+            total += float(diff.square().sum())
+        elif bits == 1 and diff.dim() == 2 and _sign_bytes(diff.shape, itemsize) < exact:
             signs, scale = _signs(diff)
             tensors[f"{name}.sign"] = signs
             tensors[f"{name}.scale"] = scale = scale.to(dtype)  # the error below is of what is stored
@@ -94,10 +111,43 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
             tensors[f"{name}@{axis}.delta"] = diff.index_select(axis, idx).to(dtype).contiguous()
     meta = {"format": DELTA_FORMAT, "base": base_name, "base_checksum": _checksum(base, changed),
             "changed": json.dumps(changed)}
+    if keep is not None:
+        meta["dare_keep"], meta["dare_seed"] = repr(float(keep)), str(int(seed))
     if approximate:
         meta["approximate"] = json.dumps(approximate)
         meta["approximation_error"] = f"{(lost / total) ** 0.5:.4f}"
     return tensors, meta
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x * c mod 2**32 for 0 <= x < 2**32, in int64 without overflow (c split into 16-bit halves)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def dare_mask(name: str, shape, keep: float, seed: int) -> torch.Tensor:
+    """Which entries of parameter `name` a DARE delta keeps: entry i is kept when a 32-bit hash (Wellons'
+    lowbias32, a bijection) of (i + an offset from the seed and the name) falls below keep * 2**32. Pure integer
+    arithmetic, so every machine regenerates the same mask."""
+    offset = int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:4], "little")
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    x = (torch.arange(numel, dtype=torch.int64) + offset) & _M32
+    x ^= x >> 16
+    x = _mul32(x, 0x7FEB352D)
+    x ^= x >> 15
+    x = _mul32(x, 0x846CA68B)
+    x ^= x >> 16
+    return (x < int(keep * 2 ** 32)).view(*shape)
+
+
+def _undare(kept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    change = torch.zeros(mask.shape, dtype=torch.float32)
+    change[mask] = kept.to(torch.float32)
+    return change
 
 
 def _sign_bytes(shape: tuple[int, int], itemsize: int) -> int:
@@ -175,6 +225,14 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
                          "it would give a different model")
     for key, value in tensors.items():
         if key.endswith((".index", ".lowrank_v", ".scale")):
+            continue
+        if key.endswith(".dare"):
+            name = key[:-len(".dare")]
+            mask = dare_mask(name, state[name].shape, float(meta["dare_keep"]), int(meta["dare_seed"]))
+            if int(mask.sum()) != value.numel():
+                raise DeltaError(f"{name}: the delta holds {value.numel()} values where its mask keeps "
+                                 f"{int(mask.sum())}; the file is damaged")
+            state[name].add_(_undare(value, mask).to(state[name].dtype))
             continue
         if key.endswith(".sign"):
             name = key[:-len(".sign")]
