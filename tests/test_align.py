@@ -349,6 +349,9 @@ def test_a_dare_delta_keeps_a_seeded_share_of_entries_unbiased_and_regenerates_i
     meta_damaged = {**meta, "dare_seed": "8"}  # another mask: a different number of kept entries
     with pytest.raises(DeltaError, match="damaged"):
         apply_delta({k: v.clone() for k, v in base.items()}, stored, meta_damaged)
+    with pytest.raises(DeltaError, match="no dare_keep"):
+        apply_delta({k: v.clone() for k, v in base.items()}, stored,
+                    {k: v for k, v in meta.items() if k != "dare_seed"})
 
 
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):

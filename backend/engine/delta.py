@@ -228,6 +228,9 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
             continue
         if key.endswith(".dare"):
             name = key[:-len(".dare")]
+            if "dare_keep" not in meta or "dare_seed" not in meta:
+                raise DeltaError(f"{name} is stored as kept entries but the delta's metadata has no dare_keep and "
+                                 "dare_seed to regenerate them from; the file is damaged")
             mask = dare_mask(name, state[name].shape, float(meta["dare_keep"]), int(meta["dare_seed"]))
             if int(mask.sum()) != value.numel():
                 raise DeltaError(f"{name}: the delta holds {value.numel()} values where its mask keeps "
