@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -90,18 +91,15 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         factors = _low_rank(diff, max_rank=cost // sum(diff.shape)) if diff.dim() == 2 else None
         exact = itemsize * (factors[0].shape[1] * sum(diff.shape) if factors is not None else min(cost, diff.numel()))
         mask = dare_mask(name, diff.shape, keep, seed) if keep is not None and diff.dim() >= 2 else None
+        stored = None  # the change as a lossy form stores it, to measure its error
         if mask is not None and int(mask.sum()) * itemsize < exact:
             tensors[f"{name}.dare"] = kept = (diff[mask] / keep).to(dtype).contiguous()
-            approximate.append(name)
-            lost += float((_undare(kept, mask) - diff).square().sum())
-            total += float(diff.square().sum())
+            stored = _undare(kept, mask)
         elif bits == 1 and diff.dim() == 2 and _sign_bytes(diff.shape, itemsize) < exact:
             signs, scale = _signs(diff)
             tensors[f"{name}.sign"] = signs
-            tensors[f"{name}.scale"] = scale = scale.to(dtype)  # the error below is of what is stored
-            approximate.append(name)
-            lost += float((_unsign(signs, scale, diff.shape[1]) - diff).square().sum())
-            total += float(diff.square().sum())
+            tensors[f"{name}.scale"] = scale = scale.to(dtype)  # the error is of what is stored
+            stored = _unsign(signs, scale, diff.shape[1])
         elif factors is not None:
             tensors[f"{name}.lowrank_u"], tensors[f"{name}.lowrank_v"] = (f.to(dtype).contiguous() for f in factors)
         elif cost >= diff.numel():
@@ -109,6 +107,10 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         else:
             tensors[f"{name}@{axis}.index"] = idx.to(torch.int32).contiguous()
             tensors[f"{name}@{axis}.delta"] = diff.index_select(axis, idx).to(dtype).contiguous()
+        if stored is not None:
+            approximate.append(name)
+            lost += float((stored - diff).square().sum())
+            total += float(diff.square().sum())
     meta = {"format": DELTA_FORMAT, "base": base_name, "base_checksum": _checksum(base, changed),
             "changed": json.dumps(changed)}
     if keep is not None:
@@ -132,10 +134,7 @@ def dare_mask(name: str, shape, keep: float, seed: int) -> torch.Tensor:
     lowbias32, a bijection) of (i + an offset from the seed and the name) falls below keep * 2**32. Pure integer
     arithmetic, so every machine regenerates the same mask."""
     offset = int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:4], "little")
-    numel = 1
-    for d in shape:
-        numel *= int(d)
-    x = (torch.arange(numel, dtype=torch.int64) + offset) & _M32
+    x = (torch.arange(math.prod(shape), dtype=torch.int64) + offset) & _M32
     x ^= x >> 16
     x = _mul32(x, 0x7FEB352D)
     x ^= x >> 15
