@@ -163,9 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--out", required=True, help="folder for the aligned model")
     al.add_argument("--delta", help="also write the change from the base as a small delta file; the model in "
                                     "--out is then rebuilt from base + delta, so the figures are the shipped model's")
-    al.add_argument("--delta-bits", type=int, choices=(16, 1), default=16,
-                    help="16: the change as it is (float16); 1: a matrix's change as its signs and one magnitude "
-                         "per row (lossy, about 1/16 of the size; check the figures it prints before shipping one)")
+    al.add_argument("--delta-bits", type=int, choices=(16, 8, 1), default=16,
+                    help="16: the change as it is (float16); 8: with --delta-keep, the kept values as int8 with a "
+                         "step per row (half the bytes, so twice the share fits); 1: a matrix's change as its signs "
+                         "and one magnitude per row (lossy, about 1/16 of the size; check the figures it prints "
+                         "before shipping one)")
     al.add_argument("--delta-keep", type=_fraction("--delta-keep"), default=None, metavar="SHARE",
                     help="store a matrix's change as a seeded random SHARE of its entries, rescaled by 1/SHARE "
                          "(DARE; lossy but unbiased, SHARE x the size; 0.09 puts a full fine-tune of SmolLM2-135M "
@@ -375,8 +377,10 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     if (args.delta_bits != 16 or args.delta_keep is not None) and not args.delta:
         raise ValueError("--delta-bits and --delta-keep are for --delta (the delta file they set the form of)")
-    if args.delta_bits != 16 and args.delta_keep is not None:
+    if args.delta_bits == 1 and args.delta_keep is not None:
         raise ValueError("give --delta-bits 1 or --delta-keep, not both")
+    if args.delta_bits == 8 and args.delta_keep is None:
+        raise ValueError("--delta-bits 8 stores the values of a DARE delta: give --delta-keep SHARE too")
     if args.delta_keep is not None and not 0 < args.delta_keep < 1:
         raise ValueError(f"--delta-keep must be above 0 and below 1, got {args.delta_keep:g}")
     if args.teacher:
@@ -431,7 +435,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({args.mode}; {log['training']['trainable_params']:,} trainable parameters, loss "
           f"{log['training']['loss'][0]:.3f} -> {log['training']['loss'][-1]:.3f}; {log['seconds']:.0f} s)")
     if delta:
-        form = f"{delta['bits']}-bit" if delta["keep"] is None else f"DARE, {100 * delta['keep']:g}% of entries kept"
+        form = f"{delta['bits']}-bit" if delta["keep"] is None else \
+            f"DARE, {100 * delta['keep']:g}% of entries kept as {delta['bits']}-bit values"
         print(f"wrote {delta['path']} ({delta['bytes'] / 1e6:.1f} MB, {form}"
               + (f"; relative error of the approximated change {delta['approximation_error']:.3f})"
                  if delta["approximation_error"] else ")") + "; the figures below are of base + this delta")

@@ -299,7 +299,7 @@ def test_a_one_bit_delta_keeps_each_rows_signs_and_mean_size_and_says_it_is_appr
         torch.testing.assert_close(rebuilt[exact], new[exact], rtol=0, atol=1e-4)
     stored = sum(tensors[k].numel() * tensors[k].element_size() for k in ("w.sign", "w.scale"))
     assert stored < change.numel() * 2 / 13  # float16 would be 2 bytes a number
-    with pytest.raises(DeltaError, match="16 or 1 bits, not 4"):
+    with pytest.raises(DeltaError, match="16 or 8 or 1 bits, not 4"):
         make_delta(base, new, bits=4)
 
 
@@ -354,6 +354,36 @@ def test_a_dare_delta_keeps_a_seeded_share_of_entries_unbiased_and_regenerates_i
                     {k: v for k, v in meta.items() if k != "dare_seed"})
 
 
+def test_an_8_bit_dare_delta_stores_each_kept_value_in_a_byte_with_a_step_per_row(tmp_path):
+    from backend.engine.delta import dare_mask
+
+    gen = torch.Generator().manual_seed(4)
+    base = {"w": torch.randn(200, 300, generator=gen), "n": torch.randn(300, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(200, 300, generator=gen), "n": base["n"] + 0.05}
+    new["w"][7] = 0  # a row whose change is a hundred times the others': its step is its own
+    tensors, meta = make_delta(base, new, keep=0.2, seed=1, bits=8)
+    assert set(tensors) == {"w.dare_q", "w.dare_scale", "n.delta"}
+    assert tensors["w.dare_q"].dtype == torch.int8 and tensors["w.dare_scale"].shape == (200,)
+    sixteen, _ = make_delta(base, new, keep=0.2, seed=1)
+    assert tensors["w.dare_q"].numel() == sixteen["w.dare"].numel()  # the same mask: one byte a value, not two
+
+    state = {k: v.clone() for k, v in base.items()}
+    apply_delta(state, *read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta)))
+    change, got = new["w"] - base["w"], state["w"] - base["w"]
+    kept = dare_mask("w", (200, 300), 0.2, 1)
+    target = torch.where(kept, change / 0.2, 0.0)  # 16-bit DARE's change, computed here
+    step = target.abs().amax(dim=1, keepdim=True) / 127  # each row's int8 step
+    assert torch.all((got - target).abs() <= step * 0.5 + 1e-3 * step + 1e-7)  # rounded to the nearest step
+    assert torch.all(got[~kept] == 0)
+    # DARE's own error at keep 0.2 is sqrt(0.8 / 0.2) = 2; the rounding adds almost nothing to it
+    assert float(meta["approximation_error"]) == pytest.approx(2.0, rel=0.05)
+    assert float(meta["approximation_error"]) == pytest.approx(
+        float(make_delta(base, new, keep=0.2, seed=1)[1]["approximation_error"]), rel=0.01)
+    torch.testing.assert_close(state["n"], new["n"], rtol=0, atol=1e-4)
+    with pytest.raises(DeltaError, match="give keep"):
+        make_delta(base, new, bits=8)
+
+
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama")
     out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
@@ -382,6 +412,9 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
     assert main(["align", "--model", str(base), "--delta", str(tmp_path / "x.delta"), "--delta-bits", "1",
                  "--delta-keep", "0.1", "--out", str(tmp_path / "x")]) != 0
     assert "not both" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["align", "--model", str(base), "--delta", str(tmp_path / "x.delta"), "--delta-bits", "8",
+                 "--out", str(tmp_path / "x")]) != 0
+    assert "give --delta-keep" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_align_command_writes_a_dare_delta_of_a_full_alignment(tiny_model_path, tmp_path, capsys):
