@@ -197,8 +197,8 @@ BUILTIN_MODELS = {
         description="SmolLM2-135M-Instruct (Llama, 30 layers), a chat model without safety alignment"),
     "smollm2-135m-safe": dict(
         base="smollm2-135m-instruct", delta="assets/smollm2-135m-safe.delta.safetensors",
-        description="SmolLM2-135M-Instruct safety-aligned by this project (`ssah align --mode lowrank --rank 40`, "
-                    "see docs/results.md): refuses harmful requests, answers harmless ones"),
+        description="SmolLM2-135M-Instruct safety-aligned by this project (`ssah align --mode full`, shipped as "
+                    "a DARE delta; see docs/results.md): refuses harmful requests, answers harmless ones"),
 }
 ASSETS_DIR = Path(__file__).parent
 
