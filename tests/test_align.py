@@ -446,6 +446,7 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
         out = tmp_path / f"aligned-{mode}"
         assert main(["align", "--model", str(base), "--mode", mode, "--h-ru", "0.3", "--steps", "2",
                      *(["--rank", "2"] if mode == "lowrank" else []),
+                     *(["--delta", str(tmp_path / "full.delta"), "--delta-keep", "0.5"] if mode == "full" else []),
                      "--lr", "1e-3", "--train-limit", "4", "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
                      "--quiet"]) == 0
         reports[mode] = out / "alignment.json"
@@ -464,7 +465,7 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
                     "## The alignment budget", "## Role transfer after full benign fine-tuning"):
         assert heading in text
     for row in ("| SCU |", "| UCU |", "| RU |", "| random (SCU's mass) |", "| freeze SCU + top 6% of CU |",
-                "| budget |", "| full |", "| lowrank (rank 2) |"):
+                "| budget |", "| full, as a DARE delta keeping 50% |", "| lowrank (rank 2) |"):
         assert row in text, row
     assert text.rstrip().endswith("What the numbers mean, written by hand.")
     # the steps are cached: a second run recomputes nothing and writes the same tables

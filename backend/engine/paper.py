@@ -189,7 +189,7 @@ def budget_section(paths: dict[str, Path | None]) -> dict | None:
         reports[mode] = {"base": report["base"], "aligned": report["aligned"], "config": report["config"],
                          "trainable": report["training"]["trainable_params"],
                          "frozen": report["training"]["frozen_params"], "seconds": report.get("seconds"),
-                         "targets": report.get("targets")}
+                         "targets": report.get("targets"), "delta": report.get("delta")}
     return reports or None
 
 
@@ -208,6 +208,15 @@ PAPER_FREEZING = {  # Dolly fine-tuning of Llama-2-7B-chat, AdvBench keyword ASR
 PAPER_BUDGET = {  # aligning a pre-trained LLaMA-7B: GSM8K, MT-Bench (no ASR reported for this table)
     "pre-trained": ("9.24", "1.32"), "full fine-tuning": ("8.8", "2.83"), "only RU (20%)": ("13.4", "3.5"),
 }
+
+
+def _delta_label(delta: dict | None) -> str:
+    """How a report's figures were stored when they are of a lossy delta (they are of base + delta)."""
+    if not delta:
+        return ""
+    if delta.get("keep") is not None:
+        return f", as a DARE delta keeping {100 * delta['keep']:g}%" + (" at 8 bits" if delta.get("bits") == 8 else "")
+    return ", as a 1-bit delta" if delta.get("bits") == 1 else ""
 
 
 def _pct(x) -> str:
@@ -289,6 +298,7 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
             sets = r["aligned"]["sets"]
             held = r["config"]["held_out"]
             label = f"{mode} (rank {r['config'].get('rank')})" if r["config"].get("mode") == "lowrank" else mode
+            label += _delta_label(r.get("delta"))
             out.append(f"| {label} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
                        f"{_pct(sets['donotanswer']['asr'])} | {_pct(sets[held]['asr'])} ({held}) | "
                        f"{_pct(sets['benign-prompts']['refusal_rate'])} / "
