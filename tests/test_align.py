@@ -382,6 +382,9 @@ def test_an_8_bit_dare_delta_stores_each_kept_value_in_a_byte_with_a_step_per_ro
     torch.testing.assert_close(state["n"], new["n"], rtol=0, atol=1e-4)
     with pytest.raises(DeltaError, match="give keep"):
         make_delta(base, new, bits=8)
+    damaged = {k: v for k, v in tensors.items() if k != "w.dare_scale"}
+    with pytest.raises(DeltaError, match="without one step per row"):
+        apply_delta({k: v.clone() for k, v in base.items()}, damaged, meta)
 
 
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):

@@ -101,7 +101,7 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         if mask is not None and bits == 8 and int(mask.sum()) + diff.shape[0] * itemsize < exact:
             q, step = _quantize_rows(torch.where(mask, diff / keep, 0.0), dtype)
             tensors[f"{name}.dare_q"], tensors[f"{name}.dare_scale"] = q[mask].contiguous(), step
-            stored = _undare(tensors[f"{name}.dare_q"], mask) * step.to(torch.float32).view(-1, *[1] * (diff.dim() - 1))
+            stored = _undare(tensors[f"{name}.dare_q"], mask) * _row_steps(step, diff.dim())
         elif mask is not None and bits == 16 and int(mask.sum()) * itemsize < exact:
             tensors[f"{name}.dare"] = kept = (diff[mask] / keep).to(dtype).contiguous()
             stored = _undare(kept, mask)
@@ -161,6 +161,11 @@ def _quantize_rows(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     divisor = torch.where(step > 0, step.to(torch.float32), 1.0).unsqueeze(1)
     q = torch.round(rows / divisor).clamp_(-127, 127).to(torch.int8)
     return q.view(x.shape), step
+
+
+def _row_steps(step: torch.Tensor, dims: int) -> torch.Tensor:
+    """A per-row step shaped to multiply a tensor of `dims` dimensions."""
+    return step.to(torch.float32).view(-1, *[1] * (dims - 1))
 
 
 def _undare(kept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -249,8 +254,11 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
             name = key[:key.rindex(".")]
             change = _undare(value, _dare_mask_of(name, state[name].shape, meta, value.numel()))
             if key.endswith(".dare_q"):
-                step = tensors[f"{name}.dare_scale"].to(torch.float32)
-                change *= step.view(-1, *[1] * (change.dim() - 1))
+                step = tensors.get(f"{name}.dare_scale")
+                if step is None or tuple(step.shape) != (change.shape[0],):
+                    raise DeltaError(f"{name} is stored as 8-bit values without one step per row "
+                                     f"({change.shape[0]}); the file is damaged")
+                change *= _row_steps(step, change.dim())
             state[name].add_(change.to(state[name].dtype))
             continue
         if key.endswith(".sign"):
