@@ -101,7 +101,7 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         if mask is not None and bits == 8 and int(mask.sum()) + diff.shape[0] * itemsize < exact:
             q, step = _quantize_rows(torch.where(mask, diff / keep, 0.0), dtype)
             tensors[f"{name}.dare_q"], tensors[f"{name}.dare_scale"] = q[mask].contiguous(), step
-            stored = _undare(tensors[f"{name}.dare_q"], mask) * _row_steps(step, diff.dim())
+            stored = q.to(torch.float32) * _row_steps(step, diff.dim())  # q is 0 off the mask already
         elif mask is not None and bits == 16 and int(mask.sum()) * itemsize < exact:
             tensors[f"{name}.dare"] = kept = (diff[mask] / keep).to(dtype).contiguous()
             stored = _undare(kept, mask)
