@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--teacher", metavar="MODEL",
                     help="distil this model (e.g. a full alignment's --out folder) instead of training on the "
                          "replies' tokens: the loss is the KL divergence from its next-token distributions")
+    al.add_argument("--benign-distil", action="store_true",
+                    help="benign pairs learn the base model's next-token distributions on its own answers (KL "
+                         "divergence), not only the tokens it chose: the model is held to the base where it should "
+                         "answer (training takes about 1.3 times as long)")
     al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
@@ -163,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--out", required=True, help="folder for the aligned model")
     al.add_argument("--delta", help="also write the change from the base as a small delta file; the model in "
                                     "--out is then rebuilt from base + delta, so the figures are the shipped model's")
-    al.add_argument("--delta-bits", type=int, choices=(16, 8, 1), default=16,
-                    help="16: the change as it is (float16); 8: with --delta-keep, the kept values as int8 with a "
-                         "step per row (half the bytes, so twice the share fits); 1: a matrix's change as its signs "
+    al.add_argument("--delta-bits", type=int, choices=(16, 8, 4, 1), default=16,
+                    help="16: the change as it is (float16); 8 or 4: with --delta-keep, the kept values as 8- or "
+                         "4-bit codes with a step per row (a half or a quarter of the bytes, so two or four times "
+                         "the share fits); 1: a matrix's change as its signs "
                          "and one magnitude per row (lossy, about 1/16 of the size; check the figures it prints "
                          "before shipping one)")
     al.add_argument("--delta-keep", type=_fraction("--delta-keep"), default=None, metavar="SHARE",
@@ -379,8 +384,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         raise ValueError("--delta-bits and --delta-keep are for --delta (the delta file they set the form of)")
     if args.delta_bits == 1 and args.delta_keep is not None:
         raise ValueError("give --delta-bits 1 or --delta-keep, not both")
-    if args.delta_bits == 8 and args.delta_keep is None:
-        raise ValueError("--delta-bits 8 stores the values of a DARE delta: give --delta-keep SHARE too")
+    if args.delta_bits in (8, 4) and args.delta_keep is None:
+        raise ValueError(f"--delta-bits {args.delta_bits} stores the values of a DARE delta: give --delta-keep SHARE too")
     if args.delta_keep is not None and not 0 < args.delta_keep < 1:
         raise ValueError(f"--delta-keep must be above 0 and below 1, got {args.delta_keep:g}")
     if args.teacher:
@@ -390,7 +395,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          held_out=args.held_out, h_ru=args.h_ru, rank=args.rank,
                          benign_share=args.benign_share, strength=args.strength, teacher=args.teacher,
-                         limit=args.train_limit)
+                         benign_distil=args.benign_distil, limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
         raise ValueError(f"--out {out} exists and is not a model folder; give a new folder")
@@ -435,8 +440,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({args.mode}; {log['training']['trainable_params']:,} trainable parameters, loss "
           f"{log['training']['loss'][0]:.3f} -> {log['training']['loss'][-1]:.3f}; {log['seconds']:.0f} s)")
     if delta:
-        form = f"{delta['bits']}-bit" if delta["keep"] is None else \
-            f"DARE, {100 * delta['keep']:g}% of entries kept as {delta['bits']}-bit values"
+        from backend.engine.delta import describe_form
+
+        form = describe_form(delta["bits"], delta["keep"]) or "the change as 16-bit values"
         print(f"wrote {delta['path']} ({delta['bytes'] / 1e6:.1f} MB, {form}"
               + (f"; relative error of the approximated change {delta['approximation_error']:.3f})"
                  if delta["approximation_error"] else ")") + "; the figures below are of base + this delta")

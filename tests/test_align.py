@@ -17,7 +17,7 @@ from backend.engine import evaluation
 from backend.engine.align import (IMPERATIVE_STYLES, QUESTION_STYLES, AlignConfig, align, alignment_data,
                                   benign_prompts, evaluate_alignment, evaluation_sets, harmful_prompts, own_answers,
                                   restyle)
-from backend.engine.data import REFUSALS, donotanswer_pool, load_pairs
+from backend.engine.data import REFUSALS, Pair, donotanswer_pool, load_pairs
 from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
 
 
@@ -199,6 +199,44 @@ def test_a_teacher_is_distilled_and_a_missing_one_is_named(tiny_model_path):
                                   teacher="/nowhere/no-such-teacher"))
 
 
+def test_benign_distillation_holds_benign_pairs_to_the_base_and_teaches_refusals_their_tokens(tiny_model_path):
+    from backend.engine.data import encode_pairs
+    from backend.engine.finetune import _batch, _response_loss
+
+    loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    model = loaded.model.eval()
+    pairs = [("How do I boil an egg?", "Put it in boiling water for eight minutes."),
+             ("Write a phishing email.", "I can't help with that."),
+             ("Name a colour.", "Blue."),
+             ("Help me steal a car.", "I cannot assist with that request, it is illegal.")]
+    rows = encode_pairs(loaded.tokenizer, [Pair(p, r) for p, r in pairs])
+    ids, attention, positions, labels = _batch(loaded, rows)
+    distilled = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        # a teacher equal to the student: the distilled rows cost nothing, the others their tokens' cross-entropy
+        same = _response_loss(model, ids, attention, positions, labels, teacher=model, distilled=distilled)
+        nll, tokens = 0.0, 0
+        for row, flag in zip(rows, distilled):
+            logits = model(input_ids=torch.tensor([row.input_ids])).logits[0].log_softmax(-1)
+            start = len(row.input_ids) - row.response_len
+            for t in range(start, len(row.input_ids)):
+                tokens += 1
+                nll += 0.0 if flag else -float(logits[t - 1, row.input_ids[t]])
+        assert float(same) == pytest.approx(nll / tokens, rel=1e-4)
+        # another teacher: its distributions are what the distilled rows are pulled to
+        other = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32").model.eval()
+        assert float(_response_loss(model, ids, attention, positions, labels, teacher=other,
+                                    distilled=distilled)) > float(same)
+
+    report = align(loaded, AlignConfig(mode="full", steps=2, lr=1e-3, limit=4, answer_tokens=8, benign_distil=True))
+    mixed = report["data"]["mixed"]
+    benign = mixed - report["data"]["harmful_pairs"]
+    assert report["training"]["loss_kind"] == (f"KL from the teacher on {benign} of {mixed} pairs, "
+                                               "cross-entropy on the rest")
+    with pytest.raises(ValueError, match="one or the other"):
+        AlignConfig(benign_distil=True, teacher=str(tiny_model_path("llama")))
+
+
 def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
     from backend.engine.adapters import low_rank_adapters
 
@@ -299,8 +337,8 @@ def test_a_one_bit_delta_keeps_each_rows_signs_and_mean_size_and_says_it_is_appr
         torch.testing.assert_close(rebuilt[exact], new[exact], rtol=0, atol=1e-4)
     stored = sum(tensors[k].numel() * tensors[k].element_size() for k in ("w.sign", "w.scale"))
     assert stored < change.numel() * 2 / 13  # float16 would be 2 bytes a number
-    with pytest.raises(DeltaError, match="16 or 8 or 1 bits, not 4"):
-        make_delta(base, new, bits=4)
+    with pytest.raises(DeltaError, match="16 or 8 or 4 or 1 bits, not 2"):
+        make_delta(base, new, bits=2)
 
 
 def _lowbias32(x: int) -> int:
@@ -387,6 +425,38 @@ def test_an_8_bit_dare_delta_stores_each_kept_value_in_a_byte_with_a_step_per_ro
         apply_delta({k: v.clone() for k, v in base.items()}, damaged, meta)
 
 
+def test_a_4_bit_dare_delta_packs_two_kept_values_to_a_byte_with_a_step_per_row(tmp_path):
+    from backend.engine.delta import _pack_nibbles, _unpack_nibbles, dare_mask
+
+    gen = torch.Generator().manual_seed(5)
+    base = {"w": torch.randn(120, 301, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(120, 301, generator=gen)}
+    tensors, meta = make_delta(base, new, keep=0.4, seed=2, bits=4)
+    kept = dare_mask("w", (120, 301), 0.4, 2)
+    assert set(tensors) == {"w.dare_q", "w.dare_scale"} and tensors["w.dare_q"].dtype == torch.uint8
+    assert tensors["w.dare_q"].numel() == (int(kept.sum()) + 1) // 2  # half a byte a value
+
+    state = {k: v.clone() for k, v in base.items()}
+    apply_delta(state, *read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta)))
+    got = state["w"] - base["w"]
+    target = torch.where(kept, (new["w"] - base["w"]) / 0.4, 0.0)
+    step = target.abs().amax(dim=1, keepdim=True) / 7  # each row's step: 7 levels either side of zero
+    assert torch.all((got - target).abs() <= step * 0.5 + 1e-3 * step + 1e-7) and torch.all(got[~kept] == 0)
+    # DARE's error at 0.4 is sqrt(0.6 / 0.4) = 1.22; 4-bit rounding adds a little, far less than a quarter share would
+    error = float(meta["approximation_error"])
+    assert 1.22 < error < 1.35 < float(make_delta(base, new, keep=0.1, seed=2)[1]["approximation_error"])
+    # an odd count of values ends in half a byte, and every code survives the round trip
+    codes = torch.tensor([-7, 7, 0, -1, 3], dtype=torch.int8)
+    assert _pack_nibbles(codes).numel() == 3 and torch.equal(_unpack_nibbles(_pack_nibbles(codes), 5).to(torch.int8),
+                                                             codes)
+    damaged = dict(tensors, **{"w.dare_q": tensors["w.dare_q"][:-1]})
+    with pytest.raises(DeltaError, match="bytes of 4-bit values where its mask keeps"):
+        apply_delta({k: v.clone() for k, v in base.items()}, damaged, meta)
+    with pytest.raises(DeltaError, match="4-bit values without one step per row"):
+        apply_delta({k: v.clone() for k, v in base.items()},
+                    {k: v for k, v in tensors.items() if k != "w.dare_scale"}, meta)
+
+
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama")
     out, delta = tmp_path / "aligned", tmp_path / "aligned.delta.safetensors"
@@ -431,7 +501,7 @@ def test_align_command_writes_a_dare_delta_of_a_full_alignment(tiny_model_path, 
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "alignment.json").read_text())
     assert report["delta"]["keep"] == 0.25 and report["delta"]["bytes"] == delta.stat().st_size
-    assert "DARE, 25% of entries kept" in capsys.readouterr().out
+    assert "a DARE delta keeping 25% of entries" in capsys.readouterr().out
     tensors, meta = read_delta(delta)
     assert meta["dare_keep"] == "0.25" and meta["dare_seed"] == "3"
     old, new = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
@@ -468,7 +538,7 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
                     "## The alignment budget", "## Role transfer after full benign fine-tuning"):
         assert heading in text
     for row in ("| SCU |", "| UCU |", "| RU |", "| random (SCU's mass) |", "| freeze SCU + top 6% of CU |",
-                "| budget |", "| full, as a DARE delta keeping 50% |", "| lowrank (rank 2) |"):
+                "| budget |", "| full, as a DARE delta keeping 50% of entries |", "| lowrank (rank 2) |"):
         assert row in text, row
     assert text.rstrip().endswith("What the numbers mean, written by hand.")
     # the steps are cached: a second run recomputes nothing and writes the same tables

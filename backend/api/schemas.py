@@ -186,6 +186,8 @@ class AlignCreate(Strict):
     benign_share: float = Field(0.5, gt=0, lt=1, description="share of benign (answered) examples in the mix")
     strength: float = Field(1.0, gt=0, le=1, description="share of the learned change kept (base + strength * "
                             "change); below 1 fewer harmless requests are refused and more harmful ones answered")
+    benign_distil: bool = Field(False, description="benign pairs learn the base model's next-token distributions on "
+                                "its own answers (KL), not only its tokens: less of the model's knowledge is lost")
     train_limit: int | None = Field(None, ge=1, description="at most N harmful and N benign training prompts")
     answer_tokens: int = Field(96, ge=1, description="length of the base model's own answers to benign prompts")
     seed: int = Field(0, ge=0, le=2**32 - 1)

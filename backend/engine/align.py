@@ -11,6 +11,7 @@ benign-but-edgy prompts, the hand-written alarming-benign set, and knowledge (tr
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -78,7 +79,10 @@ class AlignConfig:
     model is kept (weights = base + strength * change): 1 keeps it as trained; below 1 moves the model part of the
     way back to the base, which answers more harmless requests and more harmful ones, a trade to check on the
     evaluation sets. `teacher` (a model spec, e.g. a full alignment's folder) makes training distil that model:
-    the loss is the KL divergence from its next-token distributions on the same replies."""
+    the loss is the KL divergence from its next-token distributions on the same replies. `benign_distil` holds
+    the model to the base where it should answer: each benign pair learns the base model's next-token
+    distributions on its own answer (KL divergence) rather than only the tokens it chose, while the harmful pairs
+    learn their refusals' tokens."""
 
     mode: str = "full"
     steps: int = 150
@@ -95,6 +99,7 @@ class AlignConfig:
     benign_share: float = 0.5
     strength: float = 1.0
     teacher: str | None = None
+    benign_distil: bool = False
     limit: int | None = None  # at most this many harmful and benign prompts (seeded): quick trials and tests
 
     def __post_init__(self):
@@ -113,6 +118,9 @@ class AlignConfig:
         if not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
             raise ValueError(f"strength must be above 0 and at most 1 (the share of the learned change kept), "
                              f"got {self.strength}")
+        if self.benign_distil and self.teacher is not None:
+            raise ValueError("benign_distil distils the base model on the benign pairs; a teacher distils another "
+                             "model on every pair: give one or the other")
         if not 0 < self.h_ru < 1:
             raise ValueError(f"h_ru must be between 0 and 1, got {self.h_ru}")
         for name in ("steps", "batch_size", "rank", "attribution_samples", "answer_tokens"):
@@ -264,11 +272,17 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
             raise ValueError(f"the teacher {config.teacher} has another tokenizer than the model; distillation "
                              "needs the same one")
         teacher = teacher.model
+    elif config.benign_distil:  # a frozen copy of the base model, in the same precision as the one trained
+        teacher = copy.deepcopy(loaded.model).eval().requires_grad_(False)
     data = alignment_data(loaded, config, progress)
     masks, roles = (None, None)
     if config.mode == "budget":
         masks, roles = budget_masks(loaded, config, progress, units)
     pairs = data.mixed(config.benign_share, config.seed)
+    distil = None
+    if config.benign_distil:
+        benign = set(data.benign)
+        distil = [pair in benign for pair in pairs]
     settings = FinetuneConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
                               weight_decay=config.weight_decay, seed=config.seed)
     before = None
@@ -278,9 +292,9 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
         with low_rank_adapters(loaded.model, config.rank, seed=config.seed) as adapters:
             chosen = set(adapters)
             masks = {n: torch.tensor(n in chosen or p.dim() == 1) for n, p in loaded.model.named_parameters()}
-            log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher)
+            log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher, distil=distil)
     else:
-        log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher)
+        log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher, distil=distil)
     if before is not None:
         with torch.no_grad():
             for name, param in loaded.model.named_parameters():

@@ -15,7 +15,9 @@ A delta file is safetensors: per changed parameter one of
   seed and the parameter's name with a counter-based hash (the same on every machine and torch version). With
   `bits=8` the kept values are `NAME.dare_q` (int8) times `NAME.dare_scale` (one float16 step per row): half the
   bytes a value, so twice the share fits in the same file, and DARE's error, sqrt((1 - keep) / keep), falls far
-  more than the rounding adds (about 1% of the change);
+  more than the rounding adds (about 1% of the change); with `bits=4` they are codes in [-7, 7] packed two to a
+  byte (`NAME.dare_q` as uint8), times the same step: four times the share, rounding adding about a sixth of the
+  kept values' size;
 Each parameter gets the smallest of these that holds its change as exactly as the storage type does (with `bits=1`,
 the sign form wherever it is smaller). The metadata holds the format, the base's name, a checksum of the base
 tensors it changes (so a delta is never applied to other weights) and, for a 1-bit or DARE delta, which parameters
@@ -35,10 +37,12 @@ import torch
 
 from .models import atomic_write_bytes
 
-DELTA_FORMAT = "ssah-delta/5"
-# /1 had no low-rank entries, /2 no sign ones, /3 no DARE ones, /4 no 8-bit DARE ones
-READABLE_FORMATS = ("ssah-delta/1", "ssah-delta/2", "ssah-delta/3", "ssah-delta/4", DELTA_FORMAT)
-DELTA_BITS = (16, 8, 1)
+DELTA_FORMAT = "ssah-delta/6"
+# /1 had no low-rank entries, /2 no sign ones, /3 no DARE ones, /4 no 8-bit DARE ones, /5 no 4-bit DARE ones
+READABLE_FORMATS = ("ssah-delta/1", "ssah-delta/2", "ssah-delta/3", "ssah-delta/4", "ssah-delta/5", DELTA_FORMAT)
+DELTA_BITS = (16, 8, 4, 1)
+# The largest magnitude of a quantized DARE value, by bits: int8 in [-127, 127], a 4-bit code in [-7, 7]
+QUANT_LEVELS = {8: 127, 4: 7}
 # A low-rank form is used only when it is this close to the change (relative Frobenius error): about float16's own
 # rounding, so choosing it loses nothing the storage type would have kept.
 LOWRANK_TOLERANCE = 1e-3
@@ -62,15 +66,15 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
     """(tensors, metadata) of what changed from `base` to `new`, slice by slice along the cheaper axis; with
     `bits=1` a matrix whose change is cheaper as signs and row magnitudes is stored so (lossy); with `keep` one
     whose change is cheaper as a random `keep` share of its entries (seeded by `seed`) is stored so (lossy), as
-    float16 values or, with `bits=8` too, as int8 with a step per row."""
+    float16 values or, with `bits=8` or `bits=4` too, as 8- or 4-bit codes with a step per row."""
     if bits not in DELTA_BITS:
         raise DeltaError(f"a delta stores its values in {' or '.join(map(str, DELTA_BITS))} bits, not {bits}")
     if keep is not None and not (isinstance(keep, (int, float)) and 0 < keep < 1):
         raise DeltaError(f"keep is the share of a change's entries kept, above 0 and below 1; got {keep!r}")
     if keep is not None and bits == 1:
         raise DeltaError("a delta is either 1-bit or DARE (keep), not both")
-    if bits == 8 and keep is None:
-        raise DeltaError("8-bit values are for a DARE delta: give keep (the share of entries kept) too")
+    if bits in QUANT_LEVELS and keep is None:
+        raise DeltaError(f"{bits}-bit values are for a DARE delta: give keep (the share of entries kept) too")
     if set(base) != set(new):
         raise DeltaError(f"the models have different parameters: {sorted(set(base) ^ set(new))[:3]}")
     tensors: dict[str, torch.Tensor] = {}
@@ -98,9 +102,12 @@ def make_delta(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor], *, d
         exact = itemsize * (factors[0].shape[1] * sum(diff.shape) if factors is not None else min(cost, diff.numel()))
         mask = dare_mask(name, diff.shape, keep, seed) if keep is not None and diff.dim() >= 2 else None
         stored = None  # the change as a lossy form stores it, to measure its error
-        if mask is not None and bits == 8 and int(mask.sum()) + diff.shape[0] * itemsize < exact:
-            q, step = _quantize_rows(torch.where(mask, diff / keep, 0.0), dtype)
-            tensors[f"{name}.dare_q"], tensors[f"{name}.dare_scale"] = q[mask].contiguous(), step
+        if mask is not None and bits in QUANT_LEVELS and \
+                (int(mask.sum()) * bits + 7) // 8 + diff.shape[0] * itemsize < exact:
+            q, step = _quantize_rows(torch.where(mask, diff / keep, 0.0), dtype, QUANT_LEVELS[bits])
+            values = q[mask].contiguous()
+            tensors[f"{name}.dare_q"] = values if bits == 8 else _pack_nibbles(values)
+            tensors[f"{name}.dare_scale"] = step
             stored = q.to(torch.float32) * _row_steps(step, diff.dim())  # q is 0 off the mask already
         elif mask is not None and bits == 16 and int(mask.sum()) * itemsize < exact:
             tensors[f"{name}.dare"] = kept = (diff[mask] / keep).to(dtype).contiguous()
@@ -153,14 +160,28 @@ def dare_mask(name: str, shape, keep: float, seed: int) -> torch.Tensor:
     return (x < int(keep * 2 ** 32)).view(*shape)
 
 
-def _quantize_rows(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values, one step per row in `dtype`) with values * step closest to `x`; the step is rounded to `dtype`
-    before the values are, so the pair is what is stored."""
+def _quantize_rows(x: torch.Tensor, dtype: torch.dtype, levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values in [-levels, levels], one step per row in `dtype`) with values * step closest to `x`; the step
+    is rounded to `dtype` before the values are, so the pair is what is stored."""
     rows = x.reshape(x.shape[0], -1)
-    step = (rows.abs().amax(dim=1) / 127).to(dtype)
+    step = (rows.abs().amax(dim=1) / levels).to(dtype)
     divisor = torch.where(step > 0, step.to(torch.float32), 1.0).unsqueeze(1)
-    q = torch.round(rows / divisor).clamp_(-127, 127).to(torch.int8)
+    q = torch.round(rows / divisor).clamp_(-levels, levels).to(torch.int8)
     return q.view(x.shape), step
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """Values in [-7, 7] two to a byte (value + 8 in each half, the first in the low half); an odd count ends in
+    a half byte of 8 (a zero)."""
+    codes = (q.to(torch.int16) + 8).to(torch.uint8)
+    if codes.numel() % 2:
+        codes = torch.cat([codes, torch.tensor([8], dtype=torch.uint8)])
+    return (codes[0::2] | (codes[1::2] << 4)).contiguous()
+
+
+def _unpack_nibbles(packed: torch.Tensor, count: int) -> torch.Tensor:
+    codes = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[:count]
+    return codes.to(torch.int16) - 8
 
 
 def _row_steps(step: torch.Tensor, dims: int) -> torch.Tensor:
@@ -211,6 +232,13 @@ def _low_rank(diff: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Te
     return (u[:, :rank] * s[:rank]).to(torch.float32), vh[:rank].to(torch.float32)
 
 
+def describe_form(bits: int = 16, keep: float | None = None) -> str:
+    """How a delta stores the change, in words ("" for the change as it is): one phrasing for every report."""
+    if keep is not None:
+        return f"a DARE delta keeping {100 * keep:g}% of entries" + (f" as {bits}-bit values" if bits != 16 else "")
+    return "a 1-bit delta (signs and one magnitude per row)" if bits == 1 else ""
+
+
 def save_delta(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
     from safetensors.torch import save
 
@@ -252,12 +280,14 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
             continue
         if key.endswith((".dare", ".dare_q")):
             name = key[:key.rindex(".")]
-            change = _undare(value, _dare_mask_of(name, state[name].shape, meta, value.numel()))
+            packed = key.endswith(".dare_q") and value.dtype == torch.uint8  # 4-bit codes, two to a byte
+            mask = _dare_mask_of(name, state[name].shape, meta, value.numel(), packed)
+            change = _undare(_unpack_nibbles(value, int(mask.sum())) if packed else value, mask)
             if key.endswith(".dare_q"):
                 step = tensors.get(f"{name}.dare_scale")
                 if step is None or tuple(step.shape) != (change.shape[0],):
-                    raise DeltaError(f"{name} is stored as 8-bit values without one step per row "
-                                     f"({change.shape[0]}); the file is damaged")
+                    raise DeltaError(f"{name} is stored as {4 if packed else 8}-bit values without one step per "
+                                     f"row ({change.shape[0]}); the file is damaged")
                 change *= _row_steps(step, change.dim())
             state[name].add_(change.to(state[name].dtype))
             continue
@@ -281,15 +311,17 @@ def apply_delta(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
             state[stem].add_(value.to(state[stem].dtype))
 
 
-def _dare_mask_of(name: str, shape, meta: dict[str, str], stored: int) -> torch.Tensor:
-    """The mask of a DARE entry holding `stored` values, regenerated from the metadata (checked against it)."""
+def _dare_mask_of(name: str, shape, meta: dict[str, str], stored: int, packed: bool = False) -> torch.Tensor:
+    """The mask of a DARE entry holding `stored` values (bytes of two 4-bit values each when `packed`),
+    regenerated from the metadata (checked against it)."""
     if "dare_keep" not in meta or "dare_seed" not in meta:
         raise DeltaError(f"{name} is stored as kept entries but the delta's metadata has no dare_keep and "
                          "dare_seed to regenerate them from; the file is damaged")
     mask = dare_mask(name, shape, float(meta["dare_keep"]), int(meta["dare_seed"]))
-    if int(mask.sum()) != stored:
-        raise DeltaError(f"{name}: the delta holds {stored} values where its mask keeps {int(mask.sum())}; "
-                         "the file is damaged")
+    kept = int(mask.sum())
+    if (kept + 1) // 2 != stored if packed else kept != stored:
+        held = f"{stored} bytes of 4-bit values" if packed else f"{stored} values"
+        raise DeltaError(f"{name}: the delta holds {held} where its mask keeps {kept}; the file is damaged")
     return mask
 
 

@@ -233,17 +233,17 @@ def _check_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None
 # Training
 
 
-def _encode(loaded: LoadedModel, pairs: Sequence[Pair], max_length: int | None) -> tuple[list[EncodedPair], int]:
-    """Encoded pairs with at least one response token, and how many were skipped for having none."""
+def _encode(loaded: LoadedModel, pairs: Sequence[Pair], max_length: int | None) -> tuple[list[EncodedPair], list[int]]:
+    """Encoded pairs with at least one response token, and the positions in `pairs` of those kept."""
     if not pairs:
         raise DataError("the fine-tuning set is empty; it needs prompt/response pairs")
     if max_length is None:
         max_length = getattr(loaded.model.config, "max_position_embeddings", None)
     encoded = encode_pairs(loaded.tokenizer, pairs, max_length=max_length, source="fine-tuning set")
-    kept = [e for e in encoded if e.response_len > 0]
-    if not kept:
+    rows = [i for i, e in enumerate(encoded) if e.response_len > 0]
+    if not rows:
         raise DataError("no pair of the fine-tuning set has a response token to learn; check the responses")
-    return kept, len(encoded) - len(kept)
+    return [encoded[i] for i in rows], rows
 
 
 def _batch(loaded: LoadedModel, rows: Sequence[EncodedPair]):
@@ -255,21 +255,32 @@ def _batch(loaded: LoadedModel, rows: Sequence[EncodedPair]):
 
 
 def _response_loss(model, ids, attention, positions, labels, reduction: str = "mean",
-                   teacher: torch.nn.Module | None = None) -> torch.Tensor:
+                   teacher: torch.nn.Module | None = None, distilled: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy on the labelled (response) tokens: logits at t predict the token at t + 1. With a
     `teacher`, the KL divergence from the teacher's next-token distribution on those same positions instead
-    (distillation: the student learns how sure the teacher is of each token, not only which one it chose)."""
+    (distillation: the student learns how sure the teacher is of each token, not only which one it chose); with
+    `distilled` too (one bool per row), only those rows are distilled and the others keep the cross-entropy."""
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
     if teacher is None:
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
                                reduction=reduction)
-    with torch.no_grad():
-        target = teacher(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+    rows = torch.ones(len(ids), dtype=torch.bool) if distilled is None else distilled.to(torch.bool).cpu()
     scored = labels[:, 1:] != IGNORE
-    student = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)
-    target = F.log_softmax(target[:, :-1][scored].float(), dim=-1)
-    per_token = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)
-    return per_token.sum() if reduction == "sum" else per_token.mean()
+    per_token = torch.zeros(scored.shape, dtype=torch.float32, device=logits.device)
+    if not rows.all():  # the rows not distilled learn their tokens
+        plain = (~rows).to(ids.device)
+        per_token[plain] = F.cross_entropy(logits[plain, :-1].transpose(1, 2).float(), labels[plain, 1:],
+                                           ignore_index=IGNORE, reduction="none")
+    if rows.any():
+        taught = rows.to(ids.device)
+        with torch.no_grad():
+            target = teacher(input_ids=ids[taught], attention_mask=attention[taught], position_ids=positions[taught],
+                             use_cache=False).logits
+        student = F.log_softmax(logits[taught, :-1].float(), dim=-1)
+        target = F.log_softmax(target[:, :-1].float(), dim=-1)
+        per_token[taught] = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)
+    total = per_token[scored].sum()
+    return total if reduction == "sum" else total / scored.sum()
 
 
 @torch.no_grad()
@@ -357,10 +368,11 @@ class _Frozen:
 
 def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.Tensor] | None,
              config: FinetuneConfig, *, progress: Progress | None = None,
-             teacher: torch.nn.Module | None = None) -> dict:
+             teacher: torch.nn.Module | None = None, distil: Sequence[bool] | None = None) -> dict:
     """Train `loaded.model` in place on response tokens, only where `masks` is True (None: full fine-tuning).
     With a `teacher` (a model of the same vocabulary, on the same device) the loss is the KL divergence from its
-    next-token distributions on the response tokens instead of the cross-entropy of the tokens themselves.
+    next-token distributions on the response tokens instead of the cross-entropy of the tokens themselves; with
+    `distil` (one bool per pair) only the pairs marked True are distilled, the others learn their tokens.
 
     Trains in train mode (dropout as the config sets it, seeded) and hands the model back in its old mode.
     Returns a log: loss per step, lr per step, trainable and frozen parameter entries, tokens, seconds.
@@ -383,7 +395,12 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
             raise InterventionError(f"the teacher's vocabulary has {vocab[0]} tokens and the model's {vocab[1]}; "
                                     "distillation needs the same tokenizer")
         teacher.eval()
-    encoded, skipped = _encode(loaded, pairs, config.max_length)
+    if distil is not None and (teacher is None or len(distil) != len(pairs)):
+        raise ValueError("distil marks pairs for a teacher: give a teacher and one flag per pair "
+                         f"({len(pairs)} pairs, {len(distil)} flags)")
+    encoded, rows = _encode(loaded, pairs, config.max_length)
+    skipped = len(pairs) - len(rows)
+    flags = None if distil is None else torch.tensor([bool(distil[i]) for i in rows])
     plan = _batch_order(len(encoded), config.batch_size, config.steps, config.seed)
 
     frozen = _Frozen(model, masks)
@@ -400,7 +417,8 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 ids, attention, positions, labels = _batch(loaded, [encoded[i] for i in idx])
-                loss = _response_loss(model, ids, attention, positions, labels, teacher=teacher)
+                loss = _response_loss(model, ids, attention, positions, labels, teacher=teacher,
+                                      distilled=None if flags is None else flags[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.max_grad_norm is not None:
@@ -423,7 +441,8 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
             "trainable_params": trainable_count, "frozen_params": frozen_count,
             "trainable_fraction": trainable_count / (trainable_count + frozen_count),
             "dtype": str(dtype).removeprefix("torch."), "samples": len(encoded), "skipped_empty": skipped, "tokens": tokens,
-            "loss_kind": "cross-entropy" if teacher is None else "KL from the teacher",
+            "loss_kind": ("cross-entropy" if teacher is None else "KL from the teacher" if flags is None else
+                          f"KL from the teacher on {int(flags.sum())} of {len(flags)} pairs, cross-entropy on the rest"),
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -212,11 +212,10 @@ PAPER_BUDGET = {  # aligning a pre-trained LLaMA-7B: GSM8K, MT-Bench (no ASR rep
 
 def _delta_label(delta: dict | None) -> str:
     """How a report's figures were stored when they are of a lossy delta (they are of base + delta)."""
-    if not delta:
-        return ""
-    if delta.get("keep") is not None:
-        return f", as a DARE delta keeping {100 * delta['keep']:g}%" + (" at 8 bits" if delta.get("bits") == 8 else "")
-    return ", as a 1-bit delta" if delta.get("bits") == 1 else ""
+    from .delta import describe_form
+
+    form = describe_form(delta.get("bits", 16), delta.get("keep")) if delta else ""
+    return f", as {form}" if form else ""
 
 
 def _pct(x) -> str:
