@@ -16,8 +16,8 @@ A delta file is safetensors: per changed parameter one of
   `bits=8` the kept values are `NAME.dare_q` (int8) times `NAME.dare_scale` (one float16 step per row): half the
   bytes a value, so twice the share fits in the same file, and DARE's error, sqrt((1 - keep) / keep), falls far
   more than the rounding adds (about 1% of the change); with `bits=4` they are codes in [-7, 7] packed two to a
-  byte (`NAME.dare_q` as uint8), times the same step: four times the share, rounding adding about a sixth of the
-  kept values' size;
+  byte (`NAME.dare_q` as uint8), times the same step: four times the share, the rounding (about 12% of each kept
+  value on a full fine-tune) lifting the error only a little above DARE's own (1.35 against 1.33 at keep 0.36);
 Each parameter gets the smallest of these that holds its change as exactly as the storage type does (with `bits=1`,
 the sign form wherever it is smaller). The metadata holds the format, the base's name, a checksum of the base
 tensors it changes (so a delta is never applied to other weights) and, for a 1-bit or DARE delta, which parameters
