@@ -379,13 +379,14 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     from backend.engine import load_model
     from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
+    from backend.engine.delta import QUANT_LEVELS
     from backend.engine.finetune import save_model
 
     if (args.delta_bits != 16 or args.delta_keep is not None) and not args.delta:
         raise ValueError("--delta-bits and --delta-keep are for --delta (the delta file they set the form of)")
     if args.delta_bits == 1 and args.delta_keep is not None:
         raise ValueError("give --delta-bits 1 or --delta-keep, not both")
-    if args.delta_bits in (8, 4) and args.delta_keep is None:
+    if args.delta_bits in QUANT_LEVELS and args.delta_keep is None:
         raise ValueError(f"--delta-bits {args.delta_bits} stores the values of a DARE delta: give --delta-keep SHARE too")
     if args.delta_keep is not None and not 0 < args.delta_keep < 1:
         raise ValueError(f"--delta-keep must be above 0 and below 1, got {args.delta_keep:g}")

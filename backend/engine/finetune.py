@@ -276,9 +276,10 @@ def _response_loss(model, ids, attention, positions, labels, reduction: str = "m
         with torch.no_grad():
             target = teacher(input_ids=ids[taught], attention_mask=attention[taught], position_ids=positions[taught],
                              use_cache=False).logits
-        student = F.log_softmax(logits[taught, :-1].float(), dim=-1)
-        target = F.log_softmax(target[:, :-1].float(), dim=-1)
-        per_token[taught] = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)
+        where = scored & taught.unsqueeze(1)  # only the response tokens of the distilled rows
+        student = F.log_softmax(logits[:, :-1][where].float(), dim=-1)
+        target = F.log_softmax(target[:, :-1][scored[taught]].float(), dim=-1)
+        per_token[where] = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)
     total = per_token[scored].sum()
     return total if reduction == "sum" else total / scored.sum()
 
