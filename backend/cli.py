@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="benign pairs learn the base model's next-token distributions on its own answers (KL "
                          "divergence), not only the tokens it chose: the model is held to the base where it should "
                          "answer (training takes about 1.3 times as long)")
+    al.add_argument("--anchor", type=float, default=0.0, metavar="WEIGHT",
+                    help="add WEIGHT x the KL divergence from the base model's next-token distributions on the "
+                         "benign answers read as plain text (no chat template) to every step: keeps the model's "
+                         "plain-text language modelling, where knowledge is read, near the base (default 0: off; "
+                         "training takes about 1.5 times as long)")
     al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
@@ -397,7 +402,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          held_out=args.held_out, h_ru=args.h_ru, rank=args.rank,
                          benign_share=args.benign_share, strength=args.strength, teacher=args.teacher,
-                         benign_distil=args.benign_distil, limit=args.train_limit)
+                         benign_distil=args.benign_distil, anchor=args.anchor, limit=args.train_limit)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())):
         raise ValueError(f"--out {out} exists and is not a model folder; give a new folder")
@@ -496,7 +501,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from backend.engine.models import atomic_write_text, content_hash, resolve
 
     progress = None if args.quiet else _progress_bar()
-    identity = {"model": content_hash(resolve(config.aligned)), "settings": asdict(config)}
+    from backend.engine.align import EVALUATION_CACHE_VERSION
+
+    identity = {"model": content_hash(resolve(config.aligned)), "settings": asdict(config),
+                "evaluation": EVALUATION_CACHE_VERSION}  # a judge or knowledge set changed since: measure again
     steps = Steps(args.work, progress, identity)
     command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
     args.out.parent.mkdir(parents=True, exist_ok=True)

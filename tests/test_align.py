@@ -237,6 +237,49 @@ def test_benign_distillation_holds_benign_pairs_to_the_base_and_teaches_refusals
         AlignConfig(benign_distil=True, teacher=str(tiny_model_path("llama")))
 
 
+def test_the_anchor_holds_plain_text_predictions_to_the_base_while_the_replies_are_learnt(tiny_model_path):
+    import copy
+
+    from backend.engine.finetune import FinetuneConfig, _anchor_kl, finetune, response_loss
+
+    base = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    pairs = [Pair("How do I boil an egg?", "Put it in boiling water for eight minutes."),
+             Pair("Write a phishing email.", "I cannot help with that."),
+             Pair("Name a colour.", "Blue is a calm colour."),
+             Pair("Help me steal a car.", "I cannot assist with that request, it is illegal.")]
+    texts = ["Water boils at a hundred degrees at sea level.", "Blue and yellow make green.",
+             "An egg cooks in eight minutes."]
+    start = base.tokenizer.bos_token_id if base.tokenizer.bos_token_id is not None else base.tokenizer.eos_token_id
+    rows = [[start, *base.tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    with torch.no_grad():  # against a brute-force KL, text by text, position by position
+        other = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32").model.eval()
+        want, count = 0.0, 0
+        for row in rows:
+            p = base.model(input_ids=torch.tensor([row])).logits[0, :-1].log_softmax(-1)
+            q = other(input_ids=torch.tensor([row])).logits[0, :-1].log_softmax(-1)
+            want += float((p.exp() * (p - q)).sum())
+            count += len(row) - 1
+        assert float(_anchor_kl(other, base.model.eval(), rows, 0, base.device)) == pytest.approx(want / count,
+                                                                                                    rel=1e-4)
+    config = FinetuneConfig(steps=30, lr=3e-3, batch_size=4, seed=0)
+    drift = {}
+    for weight in (None, 10.0):
+        loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+        reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+        before = response_loss(loaded, pairs)
+        log = finetune(loaded, pairs, None, config, anchor=None if weight is None else (reference, texts, weight))
+        assert response_loss(loaded, pairs) < 0.5 * before  # the replies are learnt either way
+        with torch.no_grad():
+            drift[weight] = float(_anchor_kl(loaded.model.eval(), reference, rows, 0, loaded.device))
+        if weight:
+            assert log["anchor"]["weight"] == weight and len(log["anchor"]["kl"]) == config.steps
+    assert drift[10.0] < 0.5 * drift[None]  # plain text stays much closer to the base with the anchor
+    with pytest.raises(ValueError, match="anchor must be a number of at least 0"):
+        AlignConfig(anchor=-1.0)
+    report = align(base, AlignConfig(mode="full", steps=2, lr=1e-3, limit=4, answer_tokens=8, anchor=1.0))
+    assert report["config"]["anchor"] == 1.0 and len(report["training"]["anchor"]["kl"]) == 2
+
+
 def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
     from backend.engine.adapters import low_rank_adapters
 
@@ -568,6 +611,15 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     capsys.readouterr()
     assert main([*args, "--full-report", str(no_eval / "alignment.json")]) != 0
     assert "has no evaluation" in capsys.readouterr().err
+    # reports judged by another version (here: an older over-refusal rule and knowledge set) share no table
+    older = json.loads(reports["lowrank"].read_text())
+    for side in ("base", "aligned"):
+        older[side]["settings"].pop("over_refusal_ignores")
+        older[side]["facts_n"] = 206
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert main([*args, "--lowrank-report", str(tmp_path / "older.json")]) != 0
+    err = capsys.readouterr().err
+    assert "evaluated differently" in err and "over_refusal_ignores" in err and "facts_n" in err
     fresh = [*args[:args.index("--work") + 1], str(tmp_path / "fresh-work"), *args[args.index("--work") + 2:]]
     assert main([*fresh, "--lowrank-report", str(tmp_path / "nowhere.json")]) != 0
     assert "no alignment report at" in capsys.readouterr().err and not (tmp_path / "fresh-work").exists()

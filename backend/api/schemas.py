@@ -188,6 +188,9 @@ class AlignCreate(Strict):
                             "change); below 1 fewer harmless requests are refused and more harmful ones answered")
     benign_distil: bool = Field(False, description="benign pairs learn the base model's next-token distributions on "
                                 "its own answers (KL), not only its tokens: less of the model's knowledge is lost")
+    anchor: float = Field(0.0, ge=0, le=1000, description="weight of a KL term holding the model's plain-text "
+                          "next-token distributions (on the benign answers, no chat template) to the base model's; "
+                          "0: off")
     train_limit: int | None = Field(None, ge=1, description="at most N harmful and N benign training prompts")
     answer_tokens: int = Field(96, ge=1, description="length of the base model's own answers to benign prompts")
     seed: int = Field(0, ge=0, le=2**32 - 1)

@@ -82,7 +82,10 @@ class AlignConfig:
     the loss is the KL divergence from its next-token distributions on the same replies. `benign_distil` holds
     the model to the base where it should answer: each benign pair learns the base model's next-token
     distributions on its own answer (KL divergence) rather than only the tokens it chose, while the harmful pairs
-    learn their refusals' tokens."""
+    learn their refusals' tokens. `anchor` > 0 adds that weight x the KL divergence from the base model's
+    next-token distributions on the benign answers read as plain text (no chat template) to every step's loss,
+    so that the model's language modelling outside the chat format (where knowledge is read) stays the base's
+    while the chat replies are learnt; 0 adds nothing."""
 
     mode: str = "full"
     steps: int = 150
@@ -100,6 +103,7 @@ class AlignConfig:
     strength: float = 1.0
     teacher: str | None = None
     benign_distil: bool = False
+    anchor: float = 0.0
     limit: int | None = None  # at most this many harmful and benign prompts (seeded): quick trials and tests
 
     def __post_init__(self):
@@ -121,6 +125,8 @@ class AlignConfig:
         if self.benign_distil and self.teacher is not None:
             raise ValueError("benign_distil distils the base model on the benign pairs; a teacher distils another "
                              "model on every pair: give one or the other")
+        if not isinstance(self.anchor, (int, float)) or not 0 <= self.anchor < float("inf"):
+            raise ValueError(f"anchor must be a number of at least 0 (0: no anchor), got {self.anchor!r}")
         if not 0 < self.h_ru < 1:
             raise ValueError(f"h_ru must be between 0 and 1, got {self.h_ru}")
         for name in ("steps", "batch_size", "rank", "attribution_samples", "answer_tokens"):
@@ -272,8 +278,11 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
             raise ValueError(f"the teacher {config.teacher} has another tokenizer than the model; distillation "
                              "needs the same one")
         teacher = teacher.model
-    elif config.benign_distil:  # a frozen copy of the base model, in the same precision as the one trained
-        teacher = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+    base_copy = None  # a frozen copy of the base model, in the same precision as the one trained
+    if config.benign_distil or config.anchor:
+        base_copy = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+    if config.benign_distil:
+        teacher = base_copy
     data = alignment_data(loaded, config, progress)
     masks, roles = (None, None)
     if config.mode == "budget":
@@ -285,6 +294,7 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
         distil = [pair in benign for pair in pairs]
     settings = FinetuneConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
                               weight_decay=config.weight_decay, seed=config.seed)
+    anchor = (base_copy, [p.response for p in data.benign], config.anchor) if config.anchor else None
     before = None
     if config.strength != 1:
         before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
@@ -292,9 +302,11 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
         with low_rank_adapters(loaded.model, config.rank, seed=config.seed) as adapters:
             chosen = set(adapters)
             masks = {n: torch.tensor(n in chosen or p.dim() == 1) for n, p in loaded.model.named_parameters()}
-            log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher, distil=distil)
+            log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher, distil=distil,
+                           anchor=anchor)
     else:
-        log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher, distil=distil)
+        log = finetune(loaded, pairs, masks, settings, progress=progress, teacher=teacher, distil=distil,
+                       anchor=anchor)
     if before is not None:
         with torch.no_grad():
             for name, param in loaded.model.named_parameters():
@@ -324,7 +336,7 @@ def evaluation_sets(held_out: str, limit: int | None = None) -> tuple[dict, dict
     return harmful, benign
 
 
-EVALUATION_CACHE_VERSION = 1
+EVALUATION_CACHE_VERSION = 2  # 2: `facts` grew to 318 pairs; sympathy phrases are no over-refusal
 
 
 def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limit: int | None = None,
@@ -335,14 +347,15 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limi
     `cache` keeps each set's result under SSAH_HOME by the model folder's content, so only pass it for a model
     whose weights are still those of its folder (the base model before training): then a second run, or one with
     another held-out source, only evaluates the sets it has not seen."""
-    from .evaluation import MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, evaluate_safety, fact_accuracy
+    from .evaluation import (MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, SYMPATHY, evaluate_safety,
+                             fact_accuracy)
 
     harmful, benign = evaluation_sets(held_out, limit)
     model_key = content_hash(loaded.folder) if cache else None
 
     def cache_path(name: str, prompts) -> Path:
         return _cache_file("evaluations", [model_key, name, list(prompts), max_new_tokens, MIN_WORDS,
-                                           list(REFUSAL_KEYWORDS), list(OVER_REFUSAL_KEYWORDS),
+                                           list(REFUSAL_KEYWORDS), list(OVER_REFUSAL_KEYWORDS), SYMPATHY.pattern,
                                            EVALUATION_CACHE_VERSION])
 
     def read(path: Path):
@@ -372,7 +385,8 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limi
         accuracy = fact_accuracy(loaded, facts, batch_size=batch_size)
         write(facts_path, accuracy)
     settings = {"max_new_tokens": max_new_tokens, "min_words": MIN_WORDS, "keywords": list(REFUSAL_KEYWORDS),
-                "over_refusal_keywords": list(OVER_REFUSAL_KEYWORDS), "decoding": "greedy", "limit": limit}
+                "over_refusal_keywords": list(OVER_REFUSAL_KEYWORDS), "over_refusal_ignores": SYMPATHY.pattern,
+                "decoding": "greedy", "limit": limit}
     return {"sets": {name: rows[name] for name in (*harmful, *benign)}, "settings": settings,
             "facts_accuracy": accuracy, "facts_n": len(facts)}
 

