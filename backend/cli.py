@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add WEIGHT x the KL divergence from the base model's next-token distributions on the "
                          "benign answers read as plain text (no chat template) to every step: keeps the model's "
                          "plain-text language modelling, where knowledge is read, near the base (default 0: off; "
-                         "training takes about 1.5 times as long)")
+                         "training takes about 1.9 times as long)")
     al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=_positive("--train-limit", 1_000_000), default=None,
