@@ -204,9 +204,9 @@ def budget_section(paths: dict[str, Path | None]) -> dict | None:
 
 
 def _measure(report: dict) -> dict:
-    """What an alignment report's figures depend on besides the model: judge settings, sets, knowledge pairs."""
+    """What an alignment report's figures depend on besides the model and its held-out source (which the table
+    names in each row): the judge's settings and the number of knowledge pairs."""
     return {**{f"{side}.{k}": v for side in ("base", "aligned") for k, v in report[side].get("settings", {}).items()},
-            **{f"{side}.sets": sorted(report[side].get("sets", {})) for side in ("base", "aligned")},
             **{f"{side}.facts_n": report[side].get("facts_n") for side in ("base", "aligned")}}
 
 
