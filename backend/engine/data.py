@@ -528,6 +528,12 @@ def _end_of_turn(tokenizer, user: dict, prompt: str, response: str) -> str:
     return tokenizer.eos_token or ""
 
 
+def plain_text_rows(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as plain text (no chat template): a start-of-document token (BOS, else EOS), then its tokens."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+
+
 def encode_pairs(
     tokenizer, pairs: Sequence[Pair], *, max_length: int | None = None, source: str = ""
 ) -> list[EncodedPair]:

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .data import Pair, count_mask, encode_pairs
+from .data import Pair, count_mask, encode_pairs, plain_text_rows
 from .models import LoadedModel
 from .scoring import Progress, batches, pad_batch
 
@@ -452,8 +452,7 @@ def utility(loaded: LoadedModel, pairs: Sequence[Pair], *, batch_size: int = 8, 
 def statement_nll(loaded: LoadedModel, texts: Sequence[str], *, batch_size: int = 16) -> list[float]:
     """Mean NLL per token of each text as plain text (no chat template), after a start-of-document token."""
     tokenizer = loaded.tokenizer
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    rows = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    rows = plain_text_rows(tokenizer, texts)
     out: list[float] = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import DataError, EncodedPair, Pair, count_mask, encode_pairs
+from .data import DataError, EncodedPair, Pair, count_mask, encode_pairs, plain_text_rows
 from .interventions import GroupSpec, InterventionError, check_same_model, choose, owned_indices
 from .models import LoadedModel, UnitMap, atomic_write_bytes, save_folder
 from .scoring import Progress, pad_batch
@@ -254,6 +254,12 @@ def _batch(loaded: LoadedModel, rows: Sequence[EncodedPair]):
     return ids, attention, positions, ids.masked_fill(~counted, IGNORE)
 
 
+def _token_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL divergence from the target's next-token distributions to the model's, one value per row of logits."""
+    student = F.log_softmax(logits.float(), dim=-1)
+    return F.kl_div(student, F.log_softmax(target.float(), dim=-1), log_target=True, reduction="none").sum(-1)
+
+
 def _response_loss(model, ids, attention, positions, labels, reduction: str = "mean",
                    teacher: torch.nn.Module | None = None, distilled: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy on the labelled (response) tokens: logits at t predict the token at t + 1. With a
@@ -277,9 +283,7 @@ def _response_loss(model, ids, attention, positions, labels, reduction: str = "m
             target = teacher(input_ids=ids[taught], attention_mask=attention[taught], position_ids=positions[taught],
                              use_cache=False).logits
         where = scored & taught.unsqueeze(1)  # only the response tokens of the distilled rows
-        student = F.log_softmax(logits[:, :-1][where].float(), dim=-1)
-        target = F.log_softmax(target[:, :-1][scored[taught]].float(), dim=-1)
-        per_token[where] = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)
+        per_token[where] = _token_kl(logits[:, :-1][where], target[:, :-1][scored[taught]])
     total = per_token[scored].sum()
     return total if reduction == "sum" else total / scored.sum()
 
@@ -369,12 +373,9 @@ class _Frozen:
 
 def _anchor_rows(loaded: LoadedModel, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
     """Plain texts as token rows after a start-of-document token (as knowledge is read), cut to `max_length`."""
-    tokenizer = loaded.tokenizer
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if max_length is None:
         max_length = getattr(loaded.model.config, "max_position_embeddings", None)
-    rows = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]][:max_length] for t in texts]
-    return [r for r in rows if len(r) > 1]
+    return [r[:max_length] for r in plain_text_rows(loaded.tokenizer, texts) if len(r) > 1]
 
 
 def _anchor_kl(model, reference: torch.nn.Module, rows: Sequence[Sequence[int]], pad_id: int,
@@ -384,10 +385,9 @@ def _anchor_kl(model, reference: torch.nn.Module, rows: Sequence[Sequence[int]],
     where = counted[:, 1:]  # logits at t predict the token at t + 1: positions with a real next token
     with torch.no_grad():
         target = reference(input_ids=ids, attention_mask=attention, position_ids=positions,
-                           use_cache=False).logits[:, :-1][where].float()
+                           use_cache=False).logits[:, :-1][where]
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
-    student = F.log_softmax(logits[:, :-1][where].float(), dim=-1)
-    return F.kl_div(student, F.log_softmax(target, dim=-1), log_target=True, reduction="none").sum(-1).mean()
+    return _token_kl(logits[:, :-1][where], target).mean()
 
 
 def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.Tensor] | None,
