@@ -172,16 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--out", required=True, help="folder for the aligned model")
     al.add_argument("--delta", help="also write the change from the base as a small delta file; the model in "
                                     "--out is then rebuilt from base + delta, so the figures are the shipped model's")
-    al.add_argument("--delta-bits", type=int, choices=(16, 8, 4, 1), default=16,
-                    help="16: the change as it is (float16); 8 or 4: with --delta-keep, the kept values as 8- or "
-                         "4-bit codes with a step per row (a half or a quarter of the bytes, so two or four times "
-                         "the share fits); 1: a matrix's change as its signs "
+    al.add_argument("--delta-bits", type=int, choices=(16, 8, 4, 2, 1), default=16,
+                    help="16: the change as it is (float16); 8, 4 or 2: with --delta-keep, the kept values as 8-, "
+                         "4- or 2-bit codes with a step per row (a half, a quarter or an eighth of the bytes, so "
+                         "two, four or eight times the share fits); 1: a matrix's change as its signs "
                          "and one magnitude per row (lossy, about 1/16 of the size; check the figures it prints "
                          "before shipping one)")
     al.add_argument("--delta-keep", type=_fraction("--delta-keep"), default=None, metavar="SHARE",
                     help="store a matrix's change as a seeded random SHARE of its entries, rescaled by 1/SHARE "
                          "(DARE; lossy but unbiased, SHARE x the size; 0.09 puts a full fine-tune of SmolLM2-135M "
-                         "in 24 MB, 0.36 with --delta-bits 4 in 25 MB); check the figures it prints before shipping "
+                         "in 24 MB, 0.72 with --delta-bits 2 in 25 MB); check the figures it prints before shipping "
                          "one")
     al.add_argument("--limit", type=_positive("--limit", 10_000), default=None,
                     help="evaluate on the first N prompts of each set (default: all)")
@@ -384,14 +384,14 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     from backend.engine import load_model
     from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
-    from backend.engine.delta import QUANT_LEVELS
+    from backend.engine.delta import DARE_BITS
     from backend.engine.finetune import save_model
 
     if (args.delta_bits != 16 or args.delta_keep is not None) and not args.delta:
         raise ValueError("--delta-bits and --delta-keep are for --delta (the delta file they set the form of)")
     if args.delta_bits == 1 and args.delta_keep is not None:
         raise ValueError("give --delta-bits 1 or --delta-keep, not both")
-    if args.delta_bits in QUANT_LEVELS and args.delta_keep is None:
+    if args.delta_bits in DARE_BITS and args.delta_keep is None:
         raise ValueError(f"--delta-bits {args.delta_bits} stores the values of a DARE delta: give --delta-keep SHARE too")
     if args.delta_keep is not None and not 0 < args.delta_keep < 1:
         raise ValueError(f"--delta-keep must be above 0 and below 1, got {args.delta_keep:g}")

@@ -380,8 +380,8 @@ def test_a_one_bit_delta_keeps_each_rows_signs_and_mean_size_and_says_it_is_appr
         torch.testing.assert_close(rebuilt[exact], new[exact], rtol=0, atol=1e-4)
     stored = sum(tensors[k].numel() * tensors[k].element_size() for k in ("w.sign", "w.scale"))
     assert stored < change.numel() * 2 / 13  # float16 would be 2 bytes a number
-    with pytest.raises(DeltaError, match="16 or 8 or 4 or 1 bits, not 2"):
-        make_delta(base, new, bits=2)
+    with pytest.raises(DeltaError, match="16 or 8 or 4 or 2 or 1 bits, not 3"):
+        make_delta(base, new, bits=3)
 
 
 def _lowbias32(x: int) -> int:
@@ -498,6 +498,54 @@ def test_a_4_bit_dare_delta_packs_two_kept_values_to_a_byte_with_a_step_per_row(
     with pytest.raises(DeltaError, match="4-bit values without one step per row"):
         apply_delta({k: v.clone() for k, v in base.items()},
                     {k: v for k, v in tensors.items() if k != "w.dare_scale"}, meta)
+
+
+def test_a_2_bit_dare_delta_packs_four_kept_values_to_a_byte_unbiased_with_half_the_4_bit_error(tmp_path):
+    from backend.engine.delta import _pack_crumbs, _unpack_crumbs, dare_mask
+
+    gen = torch.Generator().manual_seed(6)
+    base = {"w": torch.randn(150, 403, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(150, 403, generator=gen)}
+    tensors, meta = make_delta(base, new, keep=0.8, seed=3, bits=2)
+    kept = dare_mask("w", (150, 403), 0.8, 3)
+    assert set(tensors) == {"w.dare_q2", "w.dare_scale"} and tensors["w.dare_q2"].dtype == torch.uint8
+    assert tensors["w.dare_q2"].numel() == (int(kept.sum()) + 3) // 4  # a quarter of a byte a value
+    assert meta["format"] == "ssah-delta/7"
+
+    state = {k: v.clone() for k, v in base.items()}
+    apply_delta(state, *read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta)))
+    got = state["w"] - base["w"]
+    assert torch.all(got[~kept] == 0)
+    step = tensors["w.dare_scale"].to(torch.float32).unsqueeze(1)
+    levels = got / step + 1.5  # each kept value is a whole number of steps from -1.5 steps: one of four levels
+    assert torch.all(levels[kept].round().clamp(0, 3) == levels[kept].round())
+    assert torch.allclose(levels[kept], levels[kept].round(), atol=1e-3)
+    target = torch.where(kept, (new["w"] - base["w"]) / 0.8, 0.0)
+    # unbiased, as DARE is: each stored row has its kept values' own length along them (the step is a float16)
+    along = (got * target).sum(1) / target.square().sum(1)
+    assert torch.all((along - 1).abs() < 2e-3), along
+    # the step that rounds closest would store each row about 12% short along it (0.1188 of a Gaussian's energy
+    # is rounding error, Max 1960, and the levels are their cells' means): what the row scaling above undoes
+    rms = (target.square().sum(1, keepdim=True) / kept.sum(1, keepdim=True)).sqrt()
+    closest = torch.where(kept, (torch.round(target / rms + 1.5).clamp(0, 3) - 1.5) * rms, 0.0)  # step ~ 1 rms
+    assert float(((closest * target).sum() / target.square().sum())) == pytest.approx(1 - 0.1188, abs=0.02)
+    # so a row errs by sqrt(0.1188 / (1 - 0.1188)) of its kept values' size, and as a kept entry stands for
+    # 0.8 of its value the error is sqrt(0.2 + (0.1348 + 0.2^2) / 0.8) = 0.65 at p = 0.8 ...
+    error = float(meta["approximation_error"])
+    assert error == pytest.approx((0.2 + (0.1348 + 0.2 ** 2) / 0.8) ** 0.5, rel=0.03)
+    # ... about half the error of the 4-bit delta in the same bytes (keep 0.4: 1.22 or more)
+    assert error < 0.55 * float(make_delta(base, new, keep=0.4, seed=3, bits=4)[1]["approximation_error"])
+    # a count not divisible by four ends in a part-filled byte, and every code survives the round trip
+    codes = torch.tensor([0, 3, 1, 2, 2, 3, 0], dtype=torch.uint8)
+    assert _pack_crumbs(codes).numel() == 2 and torch.equal(_unpack_crumbs(_pack_crumbs(codes), 7), codes)
+    damaged = dict(tensors, **{"w.dare_q2": tensors["w.dare_q2"][:-1]})
+    with pytest.raises(DeltaError, match="bytes of 2-bit values where its mask keeps"):
+        apply_delta({k: v.clone() for k, v in base.items()}, damaged, meta)
+    with pytest.raises(DeltaError, match="2-bit values without one step per row"):
+        apply_delta({k: v.clone() for k, v in base.items()},
+                    {k: v for k, v in tensors.items() if k != "w.dare_scale"}, meta)
+    with pytest.raises(DeltaError, match="give keep"):
+        make_delta(base, new, bits=2)
 
 
 def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, tmp_path, capsys):

@@ -198,7 +198,7 @@ BUILTIN_MODELS = {
     "smollm2-135m-safe": dict(
         base="smollm2-135m-instruct", delta="assets/smollm2-135m-safe.delta.safetensors",
         description="SmolLM2-135M-Instruct safety-aligned by this project (`ssah align --mode full`, shipped as "
-                    "a 4-bit DARE delta; see docs/results.md): refuses harmful requests, answers harmless ones"),
+                    "a 2-bit DARE delta; see docs/results.md): refuses harmful requests, answers harmless ones"),
 }
 ASSETS_DIR = Path(__file__).parent
 
