@@ -468,20 +468,26 @@ def test_an_8_bit_dare_delta_stores_each_kept_value_in_a_byte_with_a_step_per_ro
         apply_delta({k: v.clone() for k, v in base.items()}, damaged, meta)
 
 
-def test_a_4_bit_dare_delta_packs_two_kept_values_to_a_byte_with_a_step_per_row(tmp_path):
-    from backend.engine.delta import _pack_nibbles, _unpack_nibbles, dare_mask
+def _quantized_dare_round_trip(tmp_path, generator_seed: int, shape, keep: float, seed: int, bits: int):
+    """A small random change of one matrix "w", made into a `bits`-bit DARE delta, saved, read back and applied:
+    (base, new, tensors, meta, the mask of kept entries, the change the applied delta made)."""
+    from backend.engine.delta import dare_mask
 
-    gen = torch.Generator().manual_seed(5)
-    base = {"w": torch.randn(120, 301, generator=gen)}
-    new = {"w": base["w"] + 0.01 * torch.randn(120, 301, generator=gen)}
-    tensors, meta = make_delta(base, new, keep=0.4, seed=2, bits=4)
-    kept = dare_mask("w", (120, 301), 0.4, 2)
-    assert set(tensors) == {"w.dare_q", "w.dare_scale"} and tensors["w.dare_q"].dtype == torch.uint8
-    assert tensors["w.dare_q"].numel() == (int(kept.sum()) + 1) // 2  # half a byte a value
-
+    gen = torch.Generator().manual_seed(generator_seed)
+    base = {"w": torch.randn(*shape, generator=gen)}
+    new = {"w": base["w"] + 0.01 * torch.randn(*shape, generator=gen)}
+    tensors, meta = make_delta(base, new, keep=keep, seed=seed, bits=bits)
     state = {k: v.clone() for k, v in base.items()}
     apply_delta(state, *read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta)))
-    got = state["w"] - base["w"]
+    return base, new, tensors, meta, dare_mask("w", shape, keep, seed), state["w"] - base["w"]
+
+
+def test_a_4_bit_dare_delta_packs_two_kept_values_to_a_byte_with_a_step_per_row(tmp_path):
+    from backend.engine.delta import _pack_nibbles, _unpack_nibbles
+
+    base, new, tensors, meta, kept, got = _quantized_dare_round_trip(tmp_path, 5, (120, 301), 0.4, 2, bits=4)
+    assert set(tensors) == {"w.dare_q", "w.dare_scale"} and tensors["w.dare_q"].dtype == torch.uint8
+    assert tensors["w.dare_q"].numel() == (int(kept.sum()) + 1) // 2  # half a byte a value
     target = torch.where(kept, (new["w"] - base["w"]) / 0.4, 0.0)
     step = target.abs().amax(dim=1, keepdim=True) / 7  # each row's step: 7 levels either side of zero
     assert torch.all((got - target).abs() <= step * 0.5 + 1e-3 * step + 1e-7) and torch.all(got[~kept] == 0)
@@ -501,20 +507,12 @@ def test_a_4_bit_dare_delta_packs_two_kept_values_to_a_byte_with_a_step_per_row(
 
 
 def test_a_2_bit_dare_delta_packs_four_kept_values_to_a_byte_unbiased_with_half_the_4_bit_error(tmp_path):
-    from backend.engine.delta import _pack_crumbs, _unpack_crumbs, dare_mask
+    from backend.engine.delta import _pack_crumbs, _unpack_crumbs
 
-    gen = torch.Generator().manual_seed(6)
-    base = {"w": torch.randn(150, 403, generator=gen)}
-    new = {"w": base["w"] + 0.01 * torch.randn(150, 403, generator=gen)}
-    tensors, meta = make_delta(base, new, keep=0.8, seed=3, bits=2)
-    kept = dare_mask("w", (150, 403), 0.8, 3)
+    base, new, tensors, meta, kept, got = _quantized_dare_round_trip(tmp_path, 6, (150, 403), 0.8, 3, bits=2)
     assert set(tensors) == {"w.dare_q2", "w.dare_scale"} and tensors["w.dare_q2"].dtype == torch.uint8
     assert tensors["w.dare_q2"].numel() == (int(kept.sum()) + 3) // 4  # a quarter of a byte a value
     assert meta["format"] == "ssah-delta/7"
-
-    state = {k: v.clone() for k, v in base.items()}
-    apply_delta(state, *read_delta(save_delta(tmp_path / "d.safetensors", tensors, meta)))
-    got = state["w"] - base["w"]
     assert torch.all(got[~kept] == 0)
     step = tensors["w.dare_scale"].to(torch.float32).unsqueeze(1)
     levels = got / step + 1.5  # each kept value is a whole number of steps from -1.5 steps: one of four levels
