@@ -8,10 +8,10 @@ import dash
 import flask
 from dash import ClientsideFunction, Input, Output, dcc, html
 
+from backend.constants import ACTIVE  # noqa: F401  (the pages take it from here)
+
 from .client import Api, ApiError
 from .figures import ROLE_COLORS
-
-ACTIVE = ("queued", "running")
 
 
 def api(token: str | None = None) -> Api:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-ROLES = ("SCU", "UCU", "CU", "RU")  # the engine's order (role codes 0..3)
+from backend.constants import ROLE_NAMES, ROLES  # noqa: F401  (the pages take them from here)
+
 ROLE_COLORS = {"SCU": "#d7263d", "UCU": "#1b6fd1", "CU": "#b9c0ca", "RU": "#f0a030"}
-ROLE_NAMES = {"SCU": "safety-critical", "UCU": "utility-critical", "CU": "complex", "RU": "redundant"}
 
 # A small explicit template instead of plotly's default one (which adds about 8 kB to every figure sent).
 LAYOUT = dict(template=go.layout.Template(), font=dict(family="Inter, system-ui, sans-serif", size=12,

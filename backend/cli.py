@@ -336,7 +336,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from backend.engine import load_model
     from backend.engine.attribution import load_run
     from backend.engine.data import load_pairs
-    from backend.engine.finetune import FinetuneConfig, finetune, save_model, trainable_masks
+    from backend.recipes.finetune import FinetuneConfig, finetune, save_model
+    from backend.engine.masks import trainable_masks
     from backend.engine.interventions import GroupSpec
     from backend.engine.preview import preview
 
@@ -383,9 +384,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     import time
 
     from backend.engine import load_model
-    from backend.engine.align import AlignConfig, align, evaluate_alignment, report_path, targets
+    from backend.recipes.align import AlignConfig, align, evaluate_alignment, report_path, targets
     from backend.engine.delta import DARE_BITS
-    from backend.engine.finetune import save_model
+    from backend.recipes.finetune import save_model
 
     if (args.delta_bits != 16 or args.delta_keep is not None) and not args.delta:
         raise ValueError("--delta-bits and --delta-keep are for --delta (the delta file they set the form of)")
@@ -488,7 +489,7 @@ def _rebuild_from_delta(base: Path, out: Path, delta: Path, device: str, bits: i
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from backend.engine.paper import ReproConfig, Steps, budget_section, freeze_table, markdown, pruning_table, \
+    from backend.recipes.reproduce import ReproConfig, Steps, budget_section, freeze_table, markdown, pruning_table, \
         transfer_section
 
     config = ReproConfig(aligned=args.aligned, samples=args.samples, harmful_limit=args.harmful_limit,
@@ -498,10 +499,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     budget = budget_section({"full": args.full_report, "budget": args.budget_report, "lowrank": args.lowrank_report})
     from dataclasses import asdict
 
-    from backend.engine.models import atomic_write_text, content_hash, resolve
+    from backend.engine.models import content_hash, resolve
+    from backend.engine import atomic
 
     progress = None if args.quiet else _progress_bar()
-    from backend.engine.align import EVALUATION_CACHE_VERSION
+    from backend.recipes.align import EVALUATION_CACHE_VERSION
 
     identity = {"model": content_hash(resolve(config.aligned)), "settings": asdict(config),
                 "evaluation": EVALUATION_CACHE_VERSION}  # a judge or knowledge set changed since: measure again
@@ -512,7 +514,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         text = markdown(sections, config, command, steps.timings)
         old = args.out.read_text() if args.out.is_file() else ""  # read now: it may be edited during a long run
         discussion = old[old.index("\n## Discussion") + 1:] if "\n## Discussion" in old else ""
-        atomic_write_text(args.out, text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
+        atomic.write_text(args.out, text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
 
     sections: dict = {"budget": budget}
     try:
@@ -530,7 +532,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from backend.engine.attribution import load_run
-    from backend.engine.transfer import compare
+    from backend.recipes.transfer import compare
 
     transfer = compare(load_run(args.run_a).units, load_run(args.run_b).units)
     if args.json:
@@ -570,7 +572,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.api.settings import Settings
+    from backend.settings import Settings
 
     settings = Settings(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -590,10 +592,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_tokens(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from backend.api.settings import Settings
+    from backend.settings import Settings
     from backend.store import tokens
     from backend.store.db import make_engine, session_factory
-    from backend.store.models import utcnow
+    from backend.store.tables import utcnow
 
     sessions = session_factory(make_engine(Settings().database_url))
     with sessions.begin() as session:

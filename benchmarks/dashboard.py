@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "ui"))
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from uikit import browser, free_port, serve_stack, wait_until  # noqa: E402
 
-from backend.api.settings import Settings  # noqa: E402
+from backend.settings import Settings  # noqa: E402
 from backend.engine.roles import Thresholds, classify  # noqa: E402
 
 HEADING = "## Dashboard (issue: dashboard)"
@@ -103,7 +103,7 @@ def synthetic_units(seed: int = 0) -> pd.DataFrame:
 def register_run(settings: Settings, units: pd.DataFrame) -> str:
     """A finished run in the service's store (the API has no import route): its folder, then its record."""
     from backend.store.db import make_engine, session_factory
-    from backend.store.models import Job, Run, new_id, utcnow
+    from backend.store.tables import Job, Run, new_id, utcnow
 
     run_id = new_id()
     folder = settings.runs_dir / run_id

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attribution import replace_section  # noqa: E402
 from backend.engine import load_model, run_attribution  # noqa: E402
 from backend.engine.attribution import load_run  # noqa: E402
-from backend.engine.data import Pair, encode_pairs, load_pairs  # noqa: E402
+from backend.engine.data import Pair, load_pairs  # noqa: E402
+from backend.engine.chat import encode_pairs
 from backend.engine.evaluation import _pad_id, first_token_refusal, generate  # noqa: E402
 from backend.engine.interventions import prune, select  # noqa: E402
 from backend.engine.scoring import batches, pad_batch  # noqa: E402

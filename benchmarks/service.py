@@ -35,7 +35,7 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.api.app import create_app  # noqa: E402
-from backend.api.settings import Settings  # noqa: E402
+from backend.settings import Settings  # noqa: E402
 
 API = "/api/v1"
 HEADING = "## Service under concurrent clients (issue: service)"

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from backend.cli import main
 from backend.engine import load_model
 from backend.engine import evaluation
-from backend.engine.align import (IMPERATIVE_STYLES, QUESTION_STYLES, AlignConfig, align, alignment_data,
+from backend.recipes.align import (IMPERATIVE_STYLES, QUESTION_STYLES, AlignConfig, align, alignment_data,
                                   benign_prompts, evaluate_alignment, evaluation_sets, harmful_prompts, own_answers,
                                   restyle)
 from backend.engine.data import REFUSALS, Pair, donotanswer_pool, load_pairs
@@ -99,7 +99,7 @@ def test_the_training_set_pairs_refusals_with_harmful_and_own_answers_with_benig
 def test_every_training_refusal_is_one_the_research_judge_recognises():
     """A refusal worded outside the judge's keyword list ("I can't help", "I won't") and 20 words or longer
     counts as compliance, so a model taught it would look unsafe while refusing."""
-    from backend.engine.evaluation import judge
+    from backend.engine.judge import judge
 
     more = " Staying careful matters, and there are many good things we could talk about together today instead."
     for refusal in REFUSALS:
@@ -200,8 +200,8 @@ def test_a_teacher_is_distilled_and_a_missing_one_is_named(tiny_model_path):
 
 
 def test_benign_distillation_holds_benign_pairs_to_the_base_and_teaches_refusals_their_tokens(tiny_model_path):
-    from backend.engine.data import encode_pairs
-    from backend.engine.finetune import _batch, _response_loss
+    from backend.engine.chat import encode_pairs
+    from backend.recipes.finetune import _batch, _response_loss
 
     loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
     model = loaded.model.eval()
@@ -240,7 +240,7 @@ def test_benign_distillation_holds_benign_pairs_to_the_base_and_teaches_refusals
 def test_the_anchor_holds_plain_text_predictions_to_the_base_while_the_replies_are_learnt(tiny_model_path):
     import copy
 
-    from backend.engine.finetune import FinetuneConfig, _anchor_kl, finetune, response_loss
+    from backend.recipes.finetune import FinetuneConfig, _anchor_kl, finetune, response_loss
 
     base = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
     pairs = [Pair("How do I boil an egg?", "Put it in boiling water for eight minutes."),
@@ -281,7 +281,7 @@ def test_the_anchor_holds_plain_text_predictions_to_the_base_while_the_replies_a
 
 
 def test_a_failed_lowrank_run_leaves_the_weights_as_they_were(tiny_model_path):
-    from backend.engine.adapters import low_rank_adapters
+    from backend.recipes.adapters import low_rank_adapters
 
     loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}

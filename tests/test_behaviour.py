@@ -144,7 +144,8 @@ def test_random_units_of_the_same_mass_leave_refusal_alone(loaded, run, scu, bas
 
 
 def test_the_model_is_exactly_the_original_after_the_prune_block(loaded, run, scu):
-    from backend.engine.data import Pair, encode_pairs
+    from backend.engine.data import Pair
+    from backend.engine.chat import encode_pairs
     from backend.engine.interventions import prune
 
     ids = torch.tensor([encode_pairs(loaded.tokenizer, [Pair(eval_prompts("harmful", 1)[0], "")])[0].input_ids])

@@ -10,23 +10,11 @@ import pytest
 import torch
 
 from backend.engine import evaluation, load_model
-from backend.engine.data import BUILTINS, KINDS, Pair, encode_pairs, list_datasets, load_pairs
-from backend.engine.evaluation import (
-    MIN_WORDS,
-    OVER_REFUSAL_KEYWORDS,
-    REFUSAL_KEYWORDS,
-    SYMPATHY,
-    SafetyReport,
-    answer_nll,
-    evaluate_safety,
-    exact_match,
-    extract_number,
-    first_token_refusal,
-    judge,
-    normalise_answer,
-    refusal_first_tokens,
-    utility,
-)
+from backend.engine.data import BUILTINS, KINDS, Pair, list_datasets, load_pairs
+from backend.engine.chat import encode_pairs
+from backend.engine.evaluation import (SafetyReport, answer_nll, evaluate_safety, exact_match, extract_number,
+                                       first_token_refusal, normalise_answer, refusal_first_tokens, utility)
+from backend.engine.judge import MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, SYMPATHY, VERDICTS, judge
 
 LONG_ANSWER = (
     "Sure. To bake bread, mix five hundred grams of flour with water, salt and yeast, knead the dough for ten "
@@ -337,7 +325,7 @@ def test_evaluate_safety_runs_on_a_model(tiny):
     replies = evaluation.generate(loaded, PROMPTS[2:5:2], max_new_tokens=6, batch_size=1)
     assert [r.reply for r in report.harmful[0].rows] == replies  # batching does not change greedy replies
     for row in report.harmful[0].rows + report.benign[0].rows:
-        assert row.verdict in evaluation.VERDICTS and row.reason
+        assert row.verdict in VERDICTS and row.reason
 
 
 def test_fact_accuracy_counts_pairs_where_the_true_statement_is_likelier(tiny_model_path):

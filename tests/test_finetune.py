@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from backend.engine import attribute, load_model
-from backend.engine.data import DataError, Pair, encode_pairs
-from backend.engine.finetune import (FinetuneConfig, count_trainable, finetune, load_masks, mask_plan,
-                                     response_loss, save_model, trainable_masks)
+from backend.engine.data import DataError, Pair
+from backend.engine.chat import encode_pairs
+from backend.recipes.finetune import FinetuneConfig, finetune, response_loss, save_model
+from backend.engine.masks import count_trainable, load_masks, mask_plan, trainable_masks
 from backend.engine.models import skeleton
 from backend.engine.interventions import GroupSpec, InterventionError, select
 
@@ -316,7 +317,7 @@ def test_half_precision_warns_and_still_keeps_frozen_entries(tiny_model_path, ru
 
 def _kl_from(teacher, student, loaded, pairs) -> float:
     """KL(teacher || student) per response token, written out: sum over the vocabulary of p (log p - log q)."""
-    from backend.engine.finetune import IGNORE, _batch, _encode
+    from backend.recipes.finetune import IGNORE, _batch, _encode
 
     encoded, _ = _encode(loaded, pairs, None)
     ids, attention, positions, labels = _batch(loaded, encoded)

@@ -25,7 +25,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tiny import ARCHS, write_gguf
 
-from backend.engine.models import ModelError, atomic_write_bytes, atomic_write_text, load_model, resolve, unit_map
+from backend.engine.models import ModelError, load_model, resolve
+from backend.engine import atomic
+from backend.engine.units import unit_map
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -369,14 +371,14 @@ def test_changing_a_units_input_slabs_moves_only_its_own_channels(arch, tiny_mod
 
 def test_atomic_write_replaces_whole_files_and_a_failed_write_keeps_the_old_one(tmp_path):
     target = tmp_path / "report.json"
-    atomic_write_text(target, '{"a": 1}')
-    atomic_write_bytes(target, b'{"a": 2}')
+    atomic.write_text(target, '{"a": 1}')
+    atomic.write_bytes(target, b'{"a": 2}')
     assert target.read_bytes() == b'{"a": 2}'
     # a write that cannot land (the name is taken by a folder) raises, keeps what was there, leaves no temp file
     folder = tmp_path / "taken"
     folder.mkdir()
     (folder / "inside.txt").write_text("kept")
     with pytest.raises(OSError):
-        atomic_write_bytes(folder, b"new")
+        atomic.write_bytes(folder, b"new")
     assert (folder / "inside.txt").read_text() == "kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "taken"]

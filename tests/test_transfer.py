@@ -11,7 +11,7 @@ import torch
 
 from backend.engine import attribute, load_model
 from backend.engine.roles import ROLES, Thresholds, reclassify
-from backend.engine.transfer import compare
+from backend.recipes.transfer import compare
 
 
 def table(rows):

@@ -218,7 +218,8 @@ def _train(model, tokenizer, pairs: list[tuple[str, str]], hp: dict, *, masks: d
 
     With `masks` (parameter name -> 0/1 tensor) only the masked entries learn, with decoupled weight decay on
     those entries alone; the other parameters do not even get gradients."""
-    from backend.engine.data import Pair, encode_pairs
+    from backend.engine.data import Pair
+    from backend.engine.chat import encode_pairs
 
     encoded = encode_pairs(tokenizer, [Pair(p, r) for p, r in pairs])
     params = dict(model.named_parameters())
@@ -271,7 +272,8 @@ def _train(model, tokenizer, pairs: list[tuple[str, str]], hp: dict, *, masks: d
 def least_used_channels(model, tokenizer, n: int, layers, *, seed) -> list[tuple[int, str, int]]:
     """The `n` MLP channels of `layers` with the lowest var x ||W_down[:, c]||^2 over the response tokens of
     base-style answers (the redundant-unit statistic, before any z-scoring), as (layer, "mlp", channel)."""
-    from backend.engine.data import Pair, encode_pairs
+    from backend.engine.data import Pair
+    from backend.engine.chat import encode_pairs
 
     pairs = (requests(64, "harmful", seed=f"budget-{seed}", aligned=False)
              + requests(64, "benign", seed=f"budget-{seed}"))
@@ -314,7 +316,7 @@ def _train_refusal_model(folder: Path, seed: int, log) -> Path:
     import pandas as pd
 
     from backend.engine.interventions import unit_masks
-    from backend.engine.models import unit_map
+    from backend.engine.units import unit_map
 
     t0 = time.perf_counter()
     tokenizer = make_tokenizer()

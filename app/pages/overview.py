@@ -9,6 +9,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app.client import ApiError
+from backend.constants import DEFAULT_THRESHOLDS
 from app.components import (ACTIVE, api, api_link, error_box, note, number, page_link, progress_bar, role_chip,
                             shared_banner, sync_url, view_store)
 from app.figures import ROLE_NAMES, ROLES, layer_bars_figure, message_figure
@@ -16,7 +17,6 @@ from app.rolemap import RUN_MAPS
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="ssah · run", name="Run overview")
 
-DEFAULT_THRESHOLDS = {"h_ru": 0.10, "h_scu": 0.01, "h_ucu": 0.05}
 SLIDERS = {"h_ru": ("h_RU: redundant, bottom of z_S + z_U", 0.5, 0.005),
            "h_scu": ("h_SCU: safety-critical, top of z_S − z_U", 0.1, 0.001),
            "h_ucu": ("h_UCU: utility-critical, bottom of z_S − z_U", 0.3, 0.005)}
@@ -96,7 +96,7 @@ MASKS = (("freeze SCU", "freeze", "SCU"), ("freeze SCU + 6% CU", "freeze", "SCU,
 
 
 def _mask_links(run_id: str, token: str | None, thresholds: dict) -> list:
-    """safetensors files of the entries each choice owns (`backend.engine.finetune.load_masks` reads them)."""
+    """safetensors files of the entries each choice owns (`backend.recipes.finetune.load_masks` reads them)."""
     return [html.A(label, href=api_link(f"/runs/{run_id}/masks", token, groups=groups, mode=mode,
                                         **{k: thresholds[k] for k in SLIDERS}),
                    className="button button-quiet", download="", target="_blank", id=f"ov-mask-{i}")

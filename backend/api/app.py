@@ -18,10 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.jobs import Runner, make_runner
 from backend.jobs.runner import recover_lost_jobs
 from backend.store.db import make_engine, session_factory
-from backend.store.results import Results, UnitsCache
+from backend.store.folders import RunFolders, UnitsCache
 
 from .routes import catalog, compare, jobs, runs, shares, tokens
-from .settings import Settings
+from backend.settings import Settings
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("ssah.api")
@@ -119,10 +119,10 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
-        lost = recover_lost_jobs(state.sessions, state.results, settings.lost_after_s)
+        lost = recover_lost_jobs(state.sessions, state.folders, settings.lost_after_s)
         if lost:
             log.warning("failed %d job(s) whose worker was lost: %s", len(lost), ", ".join(lost))
-        state.results.clean_partials(keep=_running_run_ids(state.sessions))
+        state.folders.clean_partials(keep=_running_run_ids(state.sessions))
         if settings.preload_engine:
             threading.Thread(target=_preload_engine, name="ssah-preload", daemon=True).start()
         state.runner.start()
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
-    app.state.results = Results(settings.runs_dir)
+    app.state.folders = RunFolders(settings.runs_dir)
     app.state.units = UnitsCache()
     app.state.runner = runner if runner is not None else make_runner(settings)
 
@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
 def _running_run_ids(sessions) -> set[str]:
     from sqlalchemy import select
 
-    from backend.store.models import Job
+    from backend.store.tables import Job
 
     with sessions() as session:
         return set(session.scalars(select(Job.run_id).where(Job.status == "running", Job.run_id.is_not(None))))

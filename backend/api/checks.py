@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import HTTPException
 
 from .schemas import AlignCreate, EvalIn, FinetuneCreate, PreviewCreate, RunCreate
-from .settings import Settings
+from backend.settings import Settings
 
 Loc = tuple[str | int, ...]
 

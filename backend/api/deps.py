@@ -15,11 +15,11 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
 from backend.jobs import Runner
-from backend.store.models import Job, Run, Token, utcnow
-from backend.store.results import Results, UnitsCache
+from backend.store.tables import Job, Run, Token, utcnow
+from backend.store.folders import RunFolders, UnitsCache
 from backend.store.tokens import check_token
 
-from .settings import Settings
+from backend.settings import Settings
 
 LAST_USED_EVERY = timedelta(minutes=1)
 
@@ -37,8 +37,8 @@ def get_runner(request: Request) -> Runner:
     return request.app.state.runner
 
 
-def get_results(request: Request) -> Results:
-    return request.app.state.results
+def get_folders(request: Request) -> RunFolders:
+    return request.app.state.folders
 
 
 def get_units_cache(request: Request) -> UnitsCache:
@@ -48,7 +48,7 @@ def get_units_cache(request: Request) -> UnitsCache:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
-ResultsDep = Annotated[Results, Depends(get_results)]
+FoldersDep = Annotated[RunFolders, Depends(get_folders)]
 UnitsDep = Annotated[UnitsCache, Depends(get_units_cache)]
 
 

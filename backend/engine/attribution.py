@@ -1,11 +1,9 @@
 """Attribution: calibration sets in, a run (units table, channel means, manifest) out."""
 from __future__ import annotations
 
+import io
 import json
-import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from .evaluation import generate
+from backend.constants import POSITIONS, RESPONSES, SPLITS
+
+from . import atomic
 from .data import CalibrationSet, DataError, Pair, load_pairs
 from .models import LoadedModel, load_model
 from .roles import Thresholds, classify
+from .evaluation import generate
 from .scoring import Progress, block_scores, channel_stats, encode_sets
 
-POSITIONS = ("response", "prompt", "all")
-RESPONSES = ("given", "self")
-SPLITS = ("safety", "utility")
 UNIT_COLUMNS = ["layer", "module", "unit", "params", "score_safety", "score_utility", "z_safety", "z_utility",
                 "role"]
 
@@ -43,24 +41,20 @@ class Attribution:
         each file appears whole or not at all."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-        try:
-            write_units(self.units, staging / "units.parquet")
-            save_file({k: v.contiguous() for k, v in sorted(self.means.items())}, str(staging / "means.safetensors"))
-            (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
-            names = ["units.parquet", "means.safetensors", "manifest.json"]
-            if self.self_responses is not None:
-                (staging / "responses.jsonl").write_text(
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.self_responses))
-                names.append("responses.jsonl")
-            for name in names:
-                os.replace(staging / name, out / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        units = io.BytesIO()
+        write_units(self.units, units)
+        files = {"units.parquet": units.getvalue(),
+                 "means.safetensors": save({k: v.contiguous() for k, v in sorted(self.means.items())}),
+                 "manifest.json": (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode()}
+        if self.self_responses is not None:
+            files["responses.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in self.self_responses).encode()
+        for name, data in files.items():
+            atomic.write_bytes(out / name, data)
         return out
 
 
-def write_units(units: pd.DataFrame, path: Path) -> None:
+def write_units(units: pd.DataFrame, path) -> None:
     """Parquet with the contract's column types; no pandas index, deterministic bytes."""
     table = units[UNIT_COLUMNS].reset_index(drop=True)
     table.to_parquet(path, index=False, compression="zstd")
@@ -223,7 +217,7 @@ def self_answered(loaded: LoadedModel, calibration: CalibrationSet, max_new_toke
 
 
 @dataclass
-class Run:
+class RunFolder:
     """A saved run folder, read back."""
 
     folder: Path
@@ -237,7 +231,7 @@ class Run:
         return {k: int(v.get("tokens_counted", 1)) for k, v in self.manifest.get("datasets", {}).items()}
 
 
-def load_run(folder: str | Path) -> Run:
+def load_run(folder: str | Path) -> RunFolder:
     """Read a run folder written by `attribute`; a missing or broken file is a DataError naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -264,4 +258,4 @@ def load_run(folder: str | Path) -> Run:
         manifest = json.loads(paths["manifest.json"].read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{paths['manifest.json']} is not readable JSON: {e}") from None
-    return Run(folder, units, means, manifest)
+    return RunFolder(folder, units, means, manifest)

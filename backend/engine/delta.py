@@ -32,14 +32,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .models import atomic_write_bytes
+from . import atomic
 
 DELTA_FORMAT = "ssah-delta/7"
 # /1 had no low-rank entries, /2 no sign ones, /3 no DARE ones, /4 no 8-bit DARE ones, /5 no 4-bit DARE ones,
@@ -302,7 +300,7 @@ def save_delta(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[st
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic.write_bytes(path, save(tensors, metadata=meta))
     return path
 
 
@@ -402,18 +400,9 @@ def derive_folder(base: Path, delta: Path, out: Path) -> Path:
         raise DeltaError(f"{base} must hold one {WEIGHTS} to derive a model from it")
     state = load_file(str(weights[0]))
     apply_delta(state, tensors, meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic.staged_folder(out) as staging:  # a folder another process made meanwhile is kept
         for item in base.iterdir():
             if item.is_file() and item.name != WEIGHTS:
                 shutil.copy2(item, staging / item.name)
         save_file(state, str(staging / WEIGHTS), metadata={"format": "pt"})
-        try:
-            os.replace(staging, out)
-        except OSError:
-            if not out.exists():  # another process did not win the race: a real error
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .models import Block, LoadedModel, UnitMap, save_folder
+from backend.constants import DEFAULT_REFERENCE, REFERENCES, ROLES
 
-GROUPS = ("SCU", "UCU", "CU", "RU")
-REFERENCES = ("safety", "utility", "pooled", "zero")
-DEFAULT_REFERENCE = {"SCU": "utility", "UCU": "safety", "CU": "pooled", "RU": "pooled"}
+from .models import LoadedModel, save_folder
+from .units import Block, UnitMap
+
+GROUPS = ROLES  # a unit group is a role
 
 
 class InterventionError(ValueError):

@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from .attribution import Run
+from .attribution import RunFolder
 from .data import Pair
 from .evaluation import SafetyReport, evaluate_safety, utility
 from .interventions import check_same_model, prune
@@ -45,7 +45,7 @@ def summary(safety: SafetyReport, util: dict | None) -> dict:
 
 
 def preview(loaded: LoadedModel, harmful: Mapping[str, Sequence[str]], benign: Mapping[str, Sequence[str]], *,
-            run: Run | None = None, selection: pd.DataFrame | None = None, label: str = "",
+            run: RunFolder | None = None, selection: pd.DataFrame | None = None, label: str = "",
             utility_pairs: Sequence[Pair] = (), max_new_tokens: int = 64, batch_size: int = 8,
             progress: Progress | None = None) -> dict:
     """Baseline metrics, and with a selection also the pruned model's, with the generations side by side."""

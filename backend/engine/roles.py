@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-ROLES = ("SCU", "UCU", "CU", "RU")
+from backend.constants import ROLES
+
 SCU, UCU, CU, RU = range(4)  # role codes: indices into ROLES
 
 

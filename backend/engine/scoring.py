@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import EncodedPair, Pair, count_mask, encode_pairs
-from .models import Block, LoadedModel
+from .data import Pair
+from .chat import EncodedPair, count_mask, encode_pairs
+from .models import LoadedModel
+from .units import Block
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 

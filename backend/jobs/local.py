@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from backend.api.settings import Settings
+from backend.settings import Settings
 
 from . import worker
 from .runner import SupervisedRunner, WorkerSlot

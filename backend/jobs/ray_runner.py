@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from backend.api.settings import Settings
+from backend.settings import Settings
 
 from . import worker
 from .runner import SupervisedRunner, WorkerSlot

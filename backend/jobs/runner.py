@@ -18,11 +18,11 @@ from typing import Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.api.settings import Settings
+from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
-from backend.store.models import utcnow
+from backend.store.tables import utcnow
 from backend.store.queue import fail_running
-from backend.store.results import Results
+from backend.store.folders import RunFolders
 
 log = logging.getLogger("ssah.jobs")
 
@@ -94,7 +94,7 @@ class SupervisedRunner:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.sessions = session_factory(make_engine(settings.database_url))
-        self.results = Results(settings.runs_dir)
+        self.folders = RunFolders(settings.runs_dir)
         self.slots: list[WorkerSlot] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -138,7 +138,7 @@ class SupervisedRunner:
                     for slot in self.slots:
                         self._check(slot)
                 if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-                    recover_lost_jobs(self.sessions, self.results, self.settings.lost_after_s)
+                    recover_lost_jobs(self.sessions, self.folders, self.settings.lost_after_s)
                     self._on_sweep()
                     last_sweep = time.monotonic()
             except Exception:  # the supervisor must outlive a database or cluster hiccup
@@ -151,7 +151,7 @@ class SupervisedRunner:
         The job is not retried: what killed the worker (often running out of memory) would most likely kill the
         next attempt too. The reason says what happened; resubmit to retry."""
         failed = fail_running(self.sessions, reason, worker_id=slot.worker_id)
-        self.results.clean_partials({job.run_id for job in failed if job.run_id})
+        self.folders.clean_partials({job.run_id for job in failed if job.run_id})
         log.warning("%s: %s; failed jobs: %s", who, reason, [j.id for j in failed] or "none")
         quick = not failed and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
         slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
@@ -173,11 +173,11 @@ def make_runner(settings: Settings) -> Runner:
     return NullRunner()
 
 
-def recover_lost_jobs(sessions: sessionmaker[Session], results: Results, lost_after_s: float) -> list[str]:
+def recover_lost_jobs(sessions: sessionmaker[Session], folders: RunFolders, lost_after_s: float) -> list[str]:
     """Fail running jobs whose worker stopped sending heartbeats, and remove their half-written folders;
     returns the ids of the jobs failed."""
     before = utcnow() - timedelta(seconds=lost_after_s)
     lost = fail_running(sessions, f"worker lost: no heartbeat for {lost_after_s:g} s (the worker process or its "
                                   "machine stopped while running this job)", heartbeat_before=before)
-    results.clean_partials({job.run_id for job in lost if job.run_id})
+    folders.clean_partials({job.run_id for job in lost if job.run_id})
     return [job.id for job in lost]

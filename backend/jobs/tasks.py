@@ -17,13 +17,14 @@ from pathlib import Path
 from backend.engine import Thresholds, attribute, load_model, reclassify
 from backend.engine.attribution import load_run, self_answered
 from backend.engine.data import DataError, load_pairs
-from backend.engine.finetune import FinetuneConfig, finetune, save_model, trainable_masks
+from backend.recipes.finetune import FinetuneConfig, finetune, save_model
+from backend.engine.masks import trainable_masks
 from backend.engine.interventions import GroupSpec, InterventionError, choose
 from backend.engine.models import ModelError
 from backend.engine.preview import preview
-from backend.store.models import Run
+from backend.store.tables import Run
 from backend.store.queue import cached_run
-from backend.store.results import PARTIAL
+from backend.store.folders import PARTIAL
 
 from .worker import Context, JobLost, Reporter, _free_memory
 
@@ -80,10 +81,10 @@ def run_attribution(ctx: Context, job, progress: Reporter) -> Outcome:
     s = run.settings
     with ctx.sessions() as session:  # an equal run may have finished while this one was queued
         source = cached_run(session, run.cache_key)
-    if source is not None and ctx.results.folder(source.result_dir).is_dir():
-        name = ctx.results.copy(source.result_dir, run.id)
+    if source is not None and ctx.folders.folder(source.result_dir).is_dir():
+        name = ctx.folders.copy(source.result_dir, run.id)
         return Outcome(run_fields={"result_dir": name, "manifest": source.manifest, "cached": True},
-                       undo=lambda: ctx.results.remove(name))
+                       undo=lambda: ctx.folders.remove(name))
 
     self_responses = s["responses"] == "self"
     answering = [(f"answering {s['paths'][split]}", 15) for split in ("safety", "utility")] if self_responses else []
@@ -107,15 +108,15 @@ def run_attribution(ctx: Context, job, progress: Reporter) -> Outcome:
         result.self_responses = [{"split": split, "prompt": p.prompt, "response": p.response}
                                  for split, part in (("safety", safety), ("utility", utility)) for p in part.pairs]
     progress("saving", 0, 1)
-    staging = ctx.results.staging(run.id)
+    staging = ctx.folders.staging(run.id)
     try:
         result.save(staging)
-        name = ctx.results.publish(staging, run.id)
+        name = ctx.folders.publish(staging, run.id)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Outcome(run_fields={"result_dir": name, "manifest": result.manifest},
-                   undo=lambda: ctx.results.remove(name))
+                   undo=lambda: ctx.folders.remove(name))
 
 
 def run_preview(ctx: Context, job, progress: Reporter) -> Outcome:
@@ -126,7 +127,7 @@ def run_preview(ctx: Context, job, progress: Reporter) -> Outcome:
                        ("pruned: generating", 8 if prune else 0), ("pruned: utility", utility if prune else 0)])
     run = _run(ctx, job.run_id)
     progress("loading run", 0, 1)
-    saved = load_run(ctx.results.folder(run.result_dir))
+    saved = load_run(ctx.folders.folder(run.result_dir))
     harmful, benign = (prompt_sets(ev[kind], ev["limit"], ev["paths"]) for kind in ("harmful", "benign"))
     utility_pairs = list(load_pairs(ev["paths"][ev["utility"]]).pairs[:ev["limit"]]) if ev.get("utility") else []
     selection, label = None, ""
@@ -176,7 +177,7 @@ def _train_and_save(ctx: Context, job, run: Run, loaded, progress: Reporter) -> 
                             weight_decay=request["weight_decay"], seed=request["seed"])
     masks, mode = None, "full"
     if groups:
-        saved = load_run(ctx.results.folder(run.result_dir))
+        saved = load_run(ctx.folders.folder(run.result_dir))
         freeze = request.get("freeze") is not None
         spec = group_spec(groups)
         masks = trainable_masks(loaded, units_at(saved.units, groups), freeze=spec if freeze else None,
@@ -208,7 +209,7 @@ def _publish_model(loaded, out: Path, run_id: str, report_name: str, report: dic
 def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
     """`ssah align` as a job: the run's model aligned (budget mode: only the run's RU train), evaluated before and
     after on sets never trained on, saved as a model folder with its alignment.json."""
-    from backend.engine.align import AlignConfig, align, evaluate_alignment, targets
+    from backend.recipes.align import AlignConfig, align, evaluate_alignment, targets
 
     request, ev = job.request, job.request.get("eval")
     progress.set_plan([("loading", 2), ("before", 10 if ev else 0), ("answering benign prompts", 15),
@@ -223,7 +224,7 @@ def run_align(ctx: Context, job, progress: Reporter) -> Outcome:
                          benign_distil=request.get("benign_distil", AlignConfig.benign_distil),
                          anchor=request.get("anchor", AlignConfig.anchor),
                          limit=request["train_limit"], answer_tokens=request["answer_tokens"])
-    units = load_run(ctx.results.folder(run.result_dir)).units if mode == "budget" else None
+    units = load_run(ctx.folders.folder(run.result_dir)).units if mode == "budget" else None
     progress("loading model", 0, 1)
     loaded = load_model(run.model_path, device=ctx.device, dtype="float32")  # trained in place, in float32
 

@@ -16,10 +16,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from backend.api.settings import Settings
+from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
 from backend.store.queue import claim, finish, report
-from backend.store.results import Results
+from backend.store.folders import RunFolders
 
 log = logging.getLogger("ssah.jobs")
 
@@ -153,7 +153,7 @@ class Context:
     device: str
     models: ModelCache
     sessions: object
-    results: Results
+    folders: RunFolders
 
 
 def run_job(ctx: Context, job) -> None:
@@ -191,7 +191,7 @@ def main(settings: Settings, worker_id: str, device: str, wake) -> None:
         torch.set_num_threads(settings.worker_threads)
 
     sessions = session_factory(make_engine(settings.database_url))
-    ctx = Context(settings, device, ModelCache(settings.model_cache_size), sessions, Results(settings.runs_dir))
+    ctx = Context(settings, device, ModelCache(settings.model_cache_size), sessions, RunFolders(settings.runs_dir))
     parent = mp.parent_process()
     log.info("worker %s ready on %s", worker_id, device)
     while parent is None or parent.is_alive():

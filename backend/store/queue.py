@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import ACTIVE, Job, Run, utcnow
+from .tables import ACTIVE, Job, Run, utcnow
 
 NO_SYNC = {"synchronize_session": False}
 

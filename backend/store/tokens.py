@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from .models import Token, utcnow
+from .tables import Token, utcnow
 
 PREFIX = "ssah_"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
-from backend.api.settings import Settings
+from backend.settings import Settings
 
 API = "/api/v1"
 TERMINAL = ("succeeded", "failed", "cancelled")

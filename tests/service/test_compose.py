@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from backend.api.settings import Settings
+from backend.settings import Settings
 from backend.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from servicekit import API, run_body, settings_in
 
 from backend.api.app import create_app
-from backend.api.settings import Settings
+from backend.settings import Settings
 from backend.jobs.worker import Context, ModelCache, run_job
 from backend.store.queue import claim
-from backend.store.results import Results
+from backend.store.folders import RunFolders
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -58,7 +58,7 @@ def finished_run(client: TestClient, roots) -> dict:
     accepted = client.post(f"{API}/runs", json=run_body(roots)).json()
     settings, sessions = app.state.settings, app.state.sessions
     job = claim(sessions, "fuzz")
-    run_job(Context(settings, "cpu", ModelCache(1), sessions, Results(settings.runs_dir)), job)
+    run_job(Context(settings, "cpu", ModelCache(1), sessions, RunFolders(settings.runs_dir)), job)
     run = client.get(f"{API}/runs/{accepted['id']}").json()
     assert run["status"] == "succeeded", run["error"]
     return run

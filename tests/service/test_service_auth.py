@@ -8,9 +8,9 @@ import pytest
 from servicekit import API, run_body, serve, settings_in, wait
 from sqlalchemy import update
 
-from backend.api.settings import is_loopback
+from backend.settings import is_loopback
 from backend.cli import main
-from backend.store.models import Token, utcnow
+from backend.store.tables import Token, utcnow
 from backend.store.tokens import hash_token
 
 

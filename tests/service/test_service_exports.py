@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from servicekit import API, bad_fields, run_body, serve, settings_in, wait
 
 from backend.api.app import create_app
-from backend.engine.finetune import load_masks
+from backend.engine.masks import load_masks
 from backend.engine.models import load_model
 
 ROLES = ["SCU", "UCU", "CU", "RU"]

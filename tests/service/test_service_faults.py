@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from servicekit import API, run_body, serve, settings_in, slow_body, wait
 
-from backend.store.models import Job, Run, utcnow
+from backend.store.tables import Job, Run, utcnow
 
 
 def test_a_killed_worker_fails_its_job_with_the_signal_and_a_new_worker_takes_the_next(roots, tmp_path):

@@ -6,12 +6,12 @@ import signal
 import threading
 from pathlib import Path
 
-from backend.api.settings import Settings
+from backend.settings import Settings
 from backend.jobs.local import describe_exit
 from backend.jobs.worker import PhasePlan
 from backend.store import queue
 from backend.store.db import make_engine, session_factory
-from backend.store.models import Job
+from backend.store.tables import Job
 
 
 def test_concurrent_workers_claim_every_job_exactly_once(tmp_path):

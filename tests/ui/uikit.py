@@ -17,7 +17,7 @@ import uvicorn
 
 from app import mounts_for
 from backend.api.app import create_app
-from backend.api.settings import Settings
+from backend.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from backend.store.models import Run
+from backend.store.tables import Run
 
 from ..checks import bad_field
-from ..deps import CallerDep, ResultsDep, SessionDep, UnitsDep
+from ..deps import CallerDep, FoldersDep, SessionDep, UnitsDep
 from ..schemas import CompareOut
 from .runs import finished_units
 
@@ -15,12 +15,12 @@ router = APIRouter(tags=["runs"])
 
 
 @router.get("/compare", response_model=CompareOut)
-def compare_runs(session: SessionDep, caller: CallerDep, results: ResultsDep, units: UnitsDep,
+def compare_runs(session: SessionDep, caller: CallerDep, folders: FoldersDep, units: UnitsDep,
                  a: str = Query(min_length=1, max_length=64),
                  b: str = Query(min_length=1, max_length=64)) -> CompareOut:
     """How units change role from run A to run B (4x4, by units and by parameters) and how much of A's SCU set
     is SCU in B (Jaccard), overall and per layer. Both runs must have succeeded on the same architecture."""
-    from backend.engine.transfer import compare
+    from backend.recipes.transfer import compare
 
     tables = []
     for name, run_id in (("a", a), ("b", b)):
@@ -28,7 +28,7 @@ def compare_runs(session: SessionDep, caller: CallerDep, results: ResultsDep, un
         run = session.get(Run, run_id)
         if run is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run {run_id!r} (query {name})")
-        tables.append(finished_units(run, results, units).table)
+        tables.append(finished_units(run, folders, units).table)
     try:
         transfer = compare(*tables)
     except ValueError as error:

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
 from backend.store import queue
-from backend.store.models import TERMINAL, Job
+from backend.store.tables import TERMINAL, Job
 
 from ..deps import CallerDep, JobDep, RunnerDep, SessionDep, WriterDep
 from ..schemas import Deleted, JobList, JobOut, Status

@@ -9,15 +9,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.store import queue
-from backend.store.models import ACTIVE, Job, Run, new_id
-from backend.store.results import RunUnits, units_text
+from backend.store.tables import ACTIVE, Job, Run, new_id
+from backend.store.folders import RunUnits, units_text
 
 from .. import checks
 from .jobs import stop_job
-from ..deps import CallerDep, ResultsDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
+from ..deps import CallerDep, FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
 from ..schemas import (Accepted, AlignCreate, Deleted, FinetuneCreate, PreviewCreate, RolesOut, RunCreate, RunList,
                        RunOut, Status)
-from ..settings import Settings
+from backend.settings import Settings
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 INTERNAL_SETTINGS = ("model_hash", "paths")  # what the worker needs, not what the user asked
@@ -40,17 +40,17 @@ def check_room(session: Session, settings: Settings) -> None:
                             headers={"Retry-After": str(settings.retry_after_s)})
 
 
-def finished_units(run: Run, results: ResultsDep, units: UnitsDep) -> RunUnits:
+def finished_units(run: Run, folders: FoldersDep, units: UnitsDep) -> RunUnits:
     """The cached units of a run that has succeeded (409 before that)."""
     if run.status != "succeeded" or not run.result_dir:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run.id} is {run.status}; its units exist once it "
                                                              "has succeeded")
-    return units.get(results.folder(run.result_dir))
+    return units.get(folders.folder(run.result_dir))
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
 def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: SettingsDep, runner: RunnerDep,
-               results: ResultsDep) -> Accepted:
+               folders: FoldersDep) -> Accepted:
     """Queue an attribution; the same model, data and settings as a finished run are answered from the cache
     at once (status succeeded, cached true)."""
     model, model_path, run_settings, key = checks.check_run(body, settings)
@@ -58,7 +58,7 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
     if source is not None:
         run_id = new_id()
         try:
-            folder = results.copy(source.result_dir, run_id)
+            folder = folders.copy(source.result_dir, run_id)
         except OSError:  # deleted meanwhile: compute it again
             folder = None
         if folder is not None:
@@ -94,7 +94,7 @@ def read_run(run: RunDep, session: SessionDep) -> RunOut:
 
 
 @router.delete("/{run_id}", response_model=Deleted)
-def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep, results: ResultsDep,
+def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep, folders: FoldersDep,
                units: UnitsDep, response: Response) -> Deleted:
     """Cancel a queued or running run; delete a finished one with its folder, previews and fine-tune records."""
     job = queue.attribution_job(session, run.id)
@@ -110,24 +110,24 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
     session.delete(run)
     session.commit()
     if folder:
-        units.forget(results.folder(folder))
-        results.remove(folder)
+        units.forget(folders.folder(folder))
+        folders.remove(folder)
     return Deleted(id=run.id, status="deleted")
 
 
 @router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
-def read_units(run: RunDep, results: ResultsDep, units: UnitsDep,
+def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
                format: Literal["json", "csv", "parquet"] = "json") -> Response:
     """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
     Parquet is the run folder's own file; csv and json hold the same rows (json as a list of records)."""
-    table = finished_units(run, results, units).table
-    folder = results.folder(run.result_dir)
+    table = finished_units(run, folders, units).table
+    folder = folders.folder(run.result_dir)
     if format == "parquet":
         return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
                             media_type="application/vnd.apache.parquet")
     media = {"csv": "text/csv", "json": "application/json"}[format]
     name = {"csv": f"units-{run.id}.csv", "json": None}[format]  # json is shown inline, csv downloaded
-    encoded = results.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
+    encoded = folders.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
     if encoded is not None:
         return FileResponse(encoded, media_type=media, filename=name)
     body = units_text(table, format)
@@ -155,17 +155,17 @@ def fraction():
 
 
 @router.get("/{run_id}/roles", response_model=RolesOut)
-def read_roles(run: RunDep, results: ResultsDep, units: UnitsDep, h_ru: float | None = fraction(),
+def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | None = fraction(),
                h_scu: float | None = fraction(), h_ucu: float | None = fraction()) -> RolesOut:
     """Roles recomputed from the stored z-scores at other thresholds (default: the run's own), with counts and
     parameter fractions overall and per layer (as engine.roles.role_summary gives them)."""
-    indexed = finished_units(run, results, units)
+    indexed = finished_units(run, folders, units)
     thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
     return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
 
 
 @router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}})
-def read_masks(run: RunDep, results: ResultsDep, units: UnitsDep,
+def read_masks(run: RunDep, folders: FoldersDep, units: UnitsDep,
                groups: str = Query(min_length=1, max_length=200, description="e.g. SCU,CU:0.06 or RU or SCU,random"),
                mode: Literal["freeze", "train_only"] = "freeze", seed: int = Query(0, ge=0, le=2**32 - 1),
                h_ru: float | None = fraction(), h_scu: float | None = fraction(), h_ucu: float | None = fraction(),
@@ -173,13 +173,13 @@ def read_masks(run: RunDep, results: ResultsDep, units: UnitsDep,
     """Freeze masks for your own training code. `mode=freeze`: the entries the groups own stay fixed;
     `mode=train_only` (the alignment budget): only they train. Roles are taken at the thresholds given (default:
     the run's own). safetensors holds one int64 index tensor per owned (parameter, axis), keyed `param@axis`, with
-    the mode and all parameter shapes in its metadata (`backend.engine.finetune.load_masks` makes dense masks);
+    the mode and all parameter shapes in its metadata (`backend.recipes.finetune.load_masks` makes dense masks);
     json holds the same."""
-    from backend.engine.finetune import mask_plan
+    from backend.engine.masks import mask_plan
     from backend.engine.interventions import GroupSpec, InterventionError
     from backend.engine.roles import reclassify
 
-    table = finished_units(run, results, units).table
+    table = finished_units(run, folders, units).table
     thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
     if thresholds.as_dict() != run.settings.get("thresholds"):
         table = reclassify(table, thresholds)
@@ -212,27 +212,27 @@ def queue_job(session: Session, settings: Settings, runner, kind: str, run: Run,
 
 @router.post("/{run_id}/previews", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
 def create_preview(run: RunDep, body: PreviewCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
-                   runner: RunnerDep, results: ResultsDep, units: UnitsDep) -> Accepted:
+                   runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a preview: the run's model answers harmful and benign prompts as it is and with a unit group pruned;
     `GET /jobs/{id}` holds the generations side by side with verdicts once it is done."""
-    request = checks.check_preview(body, finished_units(run, results, units).table, settings)
+    request = checks.check_preview(body, finished_units(run, folders, units).table, settings)
     return queue_job(session, settings, runner, "preview", run, request)
 
 
 @router.post("/{run_id}/finetunes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
 def create_finetune(run: RunDep, body: FinetuneCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
-                    runner: RunnerDep, results: ResultsDep, units: UnitsDep) -> Accepted:
+                    runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a fine-tune of the run's model with units frozen (or only some trained); the model folder lands in
     the results dir and the job's result reports the refusal check before and after."""
-    request = checks.check_finetune(body, finished_units(run, results, units).table, settings)
+    request = checks.check_finetune(body, finished_units(run, folders, units).table, settings)
     return queue_job(session, settings, runner, "finetune", run, request)
 
 
 @router.post("/{run_id}/alignments", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
 def create_alignment(run: RunDep, body: AlignCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
-                     runner: RunnerDep, results: ResultsDep, units: UnitsDep) -> Accepted:
+                     runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a safety alignment of the run's (unaligned) model: `ssah align` as a job. In budget mode only the
     run's redundant units train. The aligned model lands in the results dir (attributable in turn) and the job's
     result holds the evaluation before and after on sets never trained on, and the targets met."""
-    request = checks.check_align(body, finished_units(run, results, units).table, settings)
+    request = checks.check_align(body, finished_units(run, folders, units).table, settings)
     return queue_job(session, settings, runner, "align", run, request)

@@ -7,7 +7,7 @@ from urllib.parse import urlencode, urlsplit
 from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import update
 
-from backend.store.models import Run, Share, Token, utcnow
+from backend.store.tables import Run, Share, Token, utcnow
 from backend.store.tokens import create_token
 
 from ..checks import bad_field, check_at_most

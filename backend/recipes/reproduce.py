@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import load_pairs
-from .models import LoadedModel, atomic_write_text, read_json_cache
-from .scoring import Progress
+from backend.engine.data import load_pairs
+from backend.engine.models import LoadedModel
+from backend.engine import atomic
+from backend.engine.scoring import Progress
 
 GROUP_ROWS = (("SCU", "SCU"), ("UCU", "UCU"), ("RU", "RU"), ("random (SCU's mass)", "random"))
 FREEZE_ROWS = (("full fine-tuning", None), ("freeze SCU + top 6% of CU", "SCU,CU:0.06"),
@@ -50,7 +51,7 @@ class Steps:
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         # seconds per computed step, kept beside the results so that a resumed run still reports every step
-        kept = read_json_cache(self.work / "timings.json")  # lost timings cost only a line of the report
+        kept = atomic.read_json(self.work / "timings.json")  # lost timings cost only a line of the report
         kept = kept if isinstance(kept, dict) else {}
         self.timings: dict[str, float] = {k: v for k, v in kept.items() if isinstance(v, (int, float))}
         if identity is not None:
@@ -67,24 +68,24 @@ class Steps:
                     raise ValueError(f"{self.work} holds results for another {' and '.join(changed)}; pass a new "
                                      f"--work folder (or delete this one) to measure again")
             else:
-                atomic_write_text(path, json.dumps(identity, indent=1) + "\n")
+                atomic.write_text(path, json.dumps(identity, indent=1) + "\n")
 
     def get(self, name: str, compute: Callable[[], dict]) -> dict:
         path = self.work / f"{name}.json"
-        kept = read_json_cache(path)  # a damaged step file is measured again, not a traceback
+        kept = atomic.read_json(path)  # a damaged step file is measured again, not a traceback
         if isinstance(kept, dict):
             return kept
         t0 = time.perf_counter()
         value = compute()
         self.timings[name] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(path, json.dumps(value, indent=1))
-        atomic_write_text(self.work / "timings.json", json.dumps(self.timings, indent=1))
+        atomic.write_text(path, json.dumps(value, indent=1))
+        atomic.write_text(self.work / "timings.json", json.dumps(self.timings, indent=1))
         return value
 
 
 def measure(loaded: LoadedModel, config: ReproConfig, progress: Progress | None = None) -> dict:
     """ASR on AdvBench #1-100, refusals on everyday and alarming-benign prompts, degenerate rate, knowledge."""
-    from .evaluation import evaluate_safety, fact_accuracy
+    from backend.engine.evaluation import evaluate_safety, fact_accuracy
 
     harmful = {"advbench-eval": [p.prompt for p in load_pairs("advbench-eval").pairs][:config.harmful_limit]}
     benign = {name: [p.prompt for p in load_pairs(name).pairs][:config.benign_limit]
@@ -98,7 +99,7 @@ def measure(loaded: LoadedModel, config: ReproConfig, progress: Progress | None 
 
 
 def _attribute(loaded: LoadedModel, config: ReproConfig, out: Path, progress: Progress | None):
-    from .attribution import attribute_builtin, load_run
+    from backend.engine.attribution import attribute_builtin, load_run
 
     if not (out / "units.parquet").is_file():
         attribute_builtin(loaded, samples=config.samples, seed=config.seed, progress=progress).save(out)
@@ -107,8 +108,8 @@ def _attribute(loaded: LoadedModel, config: ReproConfig, out: Path, progress: Pr
 
 def pruning_table(steps: Steps, config: ReproConfig) -> dict:
     """Table 1: the aligned model as it is and with each group mean-ablated (default references)."""
-    from .interventions import DEFAULT_REFERENCE, GroupSpec, choose, prune
-    from .models import load_model
+    from backend.engine.interventions import DEFAULT_REFERENCE, GroupSpec, choose, prune
+    from backend.engine.models import load_model
 
     loaded = load_model(config.aligned, device="cpu", dtype="float32")
     run = _attribute(loaded, config, steps.work / "run-aligned", steps.progress)
@@ -129,10 +130,11 @@ def pruning_table(steps: Steps, config: ReproConfig) -> dict:
 
 def freeze_table(steps: Steps, config: ReproConfig) -> dict:
     """Table 2: benign fine-tuning of the aligned model, full or with SCU (+ CU) frozen; ASR before and after."""
-    from .finetune import FinetuneConfig, finetune, save_model, trainable_masks
-    from .interventions import GroupSpec
-    from .attribution import load_run
-    from .models import load_model
+    from backend.recipes.finetune import FinetuneConfig, finetune, save_model
+    from backend.engine.masks import trainable_masks
+    from backend.engine.interventions import GroupSpec
+    from backend.engine.attribution import load_run
+    from backend.engine.models import load_model
 
     run = load_run(steps.work / "run-aligned")
     data = list(load_pairs(config.finetune_data).pairs)
@@ -155,9 +157,9 @@ def freeze_table(steps: Steps, config: ReproConfig) -> dict:
 
 def transfer_section(steps: Steps, config: ReproConfig) -> dict:
     """How the roles of the aligned model moved after full benign fine-tuning."""
-    from .attribution import load_run
-    from .models import load_model
-    from .transfer import compare
+    from backend.engine.attribution import load_run
+    from backend.engine.models import load_model
+    from backend.recipes.transfer import compare
 
     def computed():
         before = load_run(steps.work / "run-aligned")
@@ -229,7 +231,7 @@ PAPER_BUDGET = {  # aligning a pre-trained LLaMA-7B: GSM8K, MT-Bench (no ASR rep
 
 def _delta_label(delta: dict | None) -> str:
     """How a report's figures were stored when they are of a lossy delta (they are of base + delta)."""
-    from .delta import describe_form
+    from backend.engine.delta import describe_form
 
     form = describe_form(delta.get("bits", 16), delta.get("keep")) if delta else ""
     return f", as {form}" if form else ""

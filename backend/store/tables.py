@@ -7,11 +7,8 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-JOB_STATUSES = RUN_STATUSES
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
-JOB_KINDS = ("attribution", "preview", "finetune", "align")
+from backend.constants import ACTIVE, JOB_KINDS, STATUSES, TERMINAL  # noqa: F401  (re-exported for the store)
+
 SCOPES = ("write", "read")
 
 

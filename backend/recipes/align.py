@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, donotanswer_pool,
+from backend.engine.data import (ALARMING_BENIGN_TRAIN, EVERYDAY_INSTRUCTIONS, REFUSALS, DataError, Pair, donotanswer_pool,
                    load_pairs, read_prompts)
-from .models import LoadedModel, atomic_write_text, content_hash, load_model, read_json_cache, ssah_home
-from .scoring import Progress
+from backend.engine.models import LoadedModel, content_hash, load_model, ssah_home
+from backend.engine import atomic
+from backend.engine.scoring import Progress
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
 DEFAULT_LR = {"full": 5e-5, "budget": 2e-4, "lowrank": 5e-4}  # by mode: what worked on SmolLM2-135M (docs/results.md)
@@ -200,17 +201,17 @@ def _cache_file(kind: str, parts) -> Path:
 
 def _write_cached(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(value))
+    atomic.write_text(path, json.dumps(value))
 
 
 def own_answers(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
                 progress: Progress | None = None) -> list[str]:
     """The model's own greedy answers, cached per prompt under SSAH_HOME by model content and token limit, so a
     rerun, or a run with a few more prompts, only generates what is new."""
-    from .evaluation import generate
+    from backend.engine.evaluation import generate
 
     path = _cache_file("answers", [content_hash(loaded.folder), max_new_tokens, 2])
-    cached = read_json_cache(path)
+    cached = atomic.read_json(path)
     cached = cached if isinstance(cached, dict) else {}
     missing = list(dict.fromkeys(p for p in prompts if p not in cached))
     if missing:
@@ -248,10 +249,10 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
 def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, units=None):
     """Train-only masks of the base model's `budget_groups`: from `units` (a run of this model) when given, else
     from an attribution on advbench-refusals / benign-answers at `h_ru`. Returns (masks, roles per unit count)."""
-    from .attribution import attribute_builtin
-    from .finetune import trainable_masks
-    from .interventions import GroupSpec
-    from .roles import Thresholds
+    from backend.engine.attribution import attribute_builtin
+    from backend.engine.masks import trainable_masks
+    from backend.engine.interventions import GroupSpec
+    from backend.engine.roles import Thresholds
 
     if units is not None:
         masks = trainable_masks(loaded, units, train_only=GroupSpec.parse(config.budget_groups))
@@ -267,8 +268,8 @@ def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = 
     `units` (a run of this very model) names the units to train; without it the model is attributed first."""
     import torch
 
-    from .adapters import low_rank_adapters
-    from .finetune import FinetuneConfig, finetune
+    from backend.recipes.adapters import low_rank_adapters
+    from backend.recipes.finetune import FinetuneConfig, finetune
 
     t0 = time.perf_counter()
     teacher = None  # loaded first: a wrong path fails before any work
@@ -347,8 +348,8 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limi
     `cache` keeps each set's result under SSAH_HOME by the model folder's content, so only pass it for a model
     whose weights are still those of its folder (the base model before training): then a second run, or one with
     another held-out source, only evaluates the sets it has not seen."""
-    from .evaluation import (MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, SYMPATHY, evaluate_safety,
-                             fact_accuracy)
+    from backend.engine.evaluation import evaluate_safety, fact_accuracy
+    from backend.engine.judge import MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, SYMPATHY
 
     harmful, benign = evaluation_sets(held_out, limit)
     model_key = content_hash(loaded.folder) if cache else None
@@ -359,7 +360,7 @@ def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limi
                                            EVALUATION_CACHE_VERSION])
 
     def read(path: Path):
-        return read_json_cache(path) if cache else None
+        return atomic.read_json(path) if cache else None
 
     def write(path: Path, value) -> None:
         if cache:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .roles import ROLES
+from backend.engine.roles import ROLES
 
 KEYS = ["layer", "module", "unit"]
 

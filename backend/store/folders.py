@@ -1,4 +1,4 @@
-"""Run folders under the results dir. A folder appears whole or not at all: it is written under a
+"""Run folders under the results dir (SSAH_RESULTS_DIR). A folder appears whole or not at all: it is written under a
 `.partial-*` name and renamed into place, and removed by renaming it away first."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def units_text(table: "pd.DataFrame", fmt: str) -> str:
     raise ValueError(f"no encoding {fmt!r}")
 
 
-class Results:
+class RunFolders:
     """The results dir: one folder per run, named by run id."""
 
     def __init__(self, root: Path):

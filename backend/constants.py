@@ -1,0 +1,20 @@
+"""The words every layer shares (engine, store, API, dashboard): defined once, importable with no dependencies."""
+from __future__ import annotations
+
+ROLES = ("SCU", "UCU", "CU", "RU")  # role codes 0..3 are indices into this
+ROLE_NAMES = {"SCU": "safety-critical", "UCU": "utility-critical", "CU": "complex", "RU": "redundant"}
+DEFAULT_THRESHOLDS = {"h_ru": 0.10, "h_scu": 0.01, "h_ucu": 0.05}  # the research code's defaults
+
+MODULES = ("attn", "mlp")  # canonical order of a layer's blocks
+POSITIONS = ("response", "prompt", "all")  # which tokens count for the statistics
+RESPONSES = ("given", "self")  # score the sets' responses, or the model's own replies
+SPLITS = ("safety", "utility")
+
+# What pruned channels are held at; by default the mean of the *other* attribute (DESIGN.md, step 6)
+REFERENCES = ("safety", "utility", "pooled", "zero")
+DEFAULT_REFERENCE = {"SCU": "utility", "UCU": "safety", "CU": "pooled", "RU": "pooled"}
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+JOB_KINDS = ("attribution", "preview", "finetune", "align")
