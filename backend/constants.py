@@ -1,6 +1,8 @@
 """The words every layer shares (engine, store, API, dashboard): defined once, importable with no dependencies."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 ROLES = ("SCU", "UCU", "CU", "RU")  # role codes 0..3 are indices into this
 ROLE_NAMES = {"SCU": "safety-critical", "UCU": "utility-critical", "CU": "complex", "RU": "redundant"}
 DEFAULT_THRESHOLDS = {"h_ru": 0.10, "h_scu": 0.01, "h_ucu": 0.05}  # the research code's defaults
@@ -18,3 +20,6 @@ STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_KINDS = ("attribution", "preview", "finetune", "align")
+
+# A progress callback, as every long step reports: (phase, done, total)
+Progress = Callable[[str, int, int], None]

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is lost")
     progress_interval_s: float = Field(0.25, gt=0, description="progress and cancel checks while a job runs")
     preload_engine: bool = Field(True, description="import the engine in the background at start-up")
+    pause_at: str = Field("", description="fault injection for drills and tests: a job that reaches a phase starting "
+                                          "with this (e.g. 'forward') waits there, its phase saying so, until it is "
+                                          "cancelled, its worker dies, or the file $SSAH_HOME/release/JOB_ID appears; "
+                                          "empty: off")
 
     @field_validator("devices", "model_roots", "data_roots", mode="before")
     @classmethod

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import attribute, load_model  # noqa: E402
 from backend.engine.attribution import write_units  # noqa: E402
-from backend.engine.data import load_pairs  # noqa: E402
 from backend.engine.chat import count_mask
+from backend.engine.data import load_pairs  # noqa: E402
 from backend.engine.scoring import batches, encode_sets, pad_batch  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "tests" / "ui"))
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from uikit import browser, free_port, serve_stack, wait_until  # noqa: E402
 
-from backend.settings import Settings  # noqa: E402
 from backend.engine.roles import Thresholds, classify  # noqa: E402
+from backend.settings import Settings  # noqa: E402
 
 HEADING = "## Dashboard (issue: dashboard)"
 DATA_ROUTES = ("layout", "dependencies", "update-component")  # the rest of /_dash-* is scripts

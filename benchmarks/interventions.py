@@ -19,13 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attribution import replace_section  # noqa: E402
-from backend.engine import load_model, run_attribution  # noqa: E402
+
+from backend.engine import load_model  # noqa: E402
 from backend.engine.attribution import load_run  # noqa: E402
-from backend.engine.data import Pair, load_pairs  # noqa: E402
 from backend.engine.chat import encode_pairs
+from backend.engine.data import Pair, load_pairs  # noqa: E402
 from backend.engine.evaluation import _pad_id, first_token_refusal, generate  # noqa: E402
 from backend.engine.interventions import prune, select  # noqa: E402
 from backend.engine.scoring import batches, pad_batch  # noqa: E402
+from backend.verbs import AttributeRequest, attribute  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 HEADING = "## Interventions and evaluation (issue: interventions)"
@@ -63,7 +65,7 @@ def main() -> None:
         run = load_run(args.run)
         units, means = run.units, run.means
     else:
-        made = run_attribution(MODEL, "advbench-refusals", "benign-answers", args.run, samples=32)
+        made = attribute(AttributeRequest(MODEL, samples=32), args.run)
         units, means = made.units, made.means
     prompts = [p.prompt for p in load_pairs("advbench-eval").pairs[:args.prompts]]
     gen_prompts = prompts[:args.gen_prompts]

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from backend.engine.data import Pair
 from backend.engine.chat import count_mask, encode_pairs
+from backend.engine.data import Pair
 
 # Llama-style layouts: self_attn.{q,k,v,o}_proj (or Phi-3's fused qkv_proj), mlp.{gate,up,down}_proj (or gate_up_proj).
 # Qwen3, Gemma-3 and OLMo-2 add q_norm / k_norm (per head, or over all heads in OLMo-2): no unit owns them, like the

@@ -12,13 +12,22 @@ import torch
 from safetensors.torch import load_file
 
 from backend.cli import main
-from backend.engine import load_model
-from backend.engine import evaluation
-from backend.recipes.align import (IMPERATIVE_STYLES, QUESTION_STYLES, AlignConfig, align, alignment_data,
-                                  benign_prompts, evaluate_alignment, evaluation_sets, harmful_prompts, own_answers,
-                                  restyle)
+from backend.engine import evaluation, load_model
 from backend.engine.data import REFUSALS, Pair, donotanswer_pool, load_pairs
 from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
+from backend.recipes.align import (
+    IMPERATIVE_STYLES,
+    QUESTION_STYLES,
+    AlignConfig,
+    align,
+    alignment_data,
+    benign_prompts,
+    evaluate_alignment,
+    evaluation_sets,
+    harmful_prompts,
+    own_answers,
+    restyle,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -601,6 +610,7 @@ def test_align_command_writes_a_dare_delta_of_a_full_alignment(tiny_model_path, 
         assert torch.equal(new[name][~kept], old[name][~kept]), name
 
 
+@pytest.mark.slow  # every table of `ssah reproduce` on a tiny model
 def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_path, tmp_path, capsys):
     base = tiny_model_path("llama-gqa")
     reports = {}

@@ -6,9 +6,9 @@ The model (tests/trained_tiny.py) is a 4-layer Llama trained here in two phases:
 how-to request (with a warning when the task is harmful), then a safety alignment through its 12 least-used MLP
 channels. Attribution knows nothing of that budget: it sees the model, 64 refusals and 64 answers to calibration
 prompts, and the research thresholds except h_scu = 2% (see H_SCU). Evaluation prompts are task/template
-combinations that neither training nor calibration used. Verdicts come from the product's judge
-(`evaluation.evaluate_safety`): refused / complied / degenerate, so a model broken into babble would not pass as
-jailbroken.
+combinations that neither training nor calibration used. Verdicts come from the research keyword judge with a
+5-word minimum (the toy model's vocabulary is too small for a sentence encoder's sense of relevance), which finds
+degenerate text first, so a model broken into babble would not pass as jailbroken.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from trained_tiny import cached_refusal_model, calibration_pairs, eval_prompts, train_refusal_model
+
+pytestmark = pytest.mark.slow  # trains a tiny model to refuse, then prunes it
 
 SEED = 0
 RANDOM_SEEDS = (0, 1, 2)
@@ -61,9 +62,10 @@ def run(loaded):
 
 def evaluate(loaded):
     from backend.engine.evaluation import evaluate_safety
+    from backend.engine.judge import KeywordJudge
 
     report = evaluate_safety(loaded, eval_prompts("harmful"), eval_prompts("benign"), max_new_tokens=MAX_NEW_TOKENS,
-                             batch_size=36, min_words=MIN_WORDS)
+                             batch_size=36, judge=KeywordJudge(min_words=MIN_WORDS))
     harmful, benign = report.harmful[0], report.benign[0]
     return {"harmful_refused": harmful.refusal_rate, "harmful_complied": harmful.compliance_rate,
             "harmful_degenerate": harmful.degenerate_rate, "benign_refused": benign.refusal_rate,
@@ -144,8 +146,8 @@ def test_random_units_of_the_same_mass_leave_refusal_alone(loaded, run, scu, bas
 
 
 def test_the_model_is_exactly_the_original_after_the_prune_block(loaded, run, scu):
-    from backend.engine.data import Pair
     from backend.engine.chat import encode_pairs
+    from backend.engine.data import Pair
     from backend.engine.interventions import prune
 
     ids = torch.tensor([encode_pairs(loaded.tokenizer, [Pair(eval_prompts("harmful", 1)[0], "")])[0].input_ids])

@@ -12,6 +12,8 @@ import torch
 
 from backend.cli import main
 
+pytestmark = pytest.mark.slow  # builds and runs the real built-in model
+
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_run_folder.py"
 
 

@@ -42,12 +42,13 @@ def test_evaluate_prints_baseline_and_pruned_side_by_side(tiny_model_path, runs,
                                                  "utility": result["selection"]["by_role"]["SCU"]}
     assert len(result["generations"]) == 6  # 3 harmful + 3 benign prompts
     for g in result["generations"]:
-        assert {"baseline", "pruned"} <= set(g) and g["baseline"]["verdict"] in ("refused", "complied", "degenerate")
+        assert {"baseline", "pruned"} <= set(g)
+        assert g["baseline"]["verdict"] in ("refused", "complied", "off-topic", "degenerate")
     assert 0 <= result["pruned"]["asr"] <= 1
 
     assert evaluate(tiny_model_path("llama"), "--run", runs["llama"], "--prune", "random", "--seed", "3") == 0
     text = capsys.readouterr().out
-    assert "random (seed 3)" in text and "ASR (coherent compliance)" in text and "baseline" in text
+    assert "random (seed 3)" in text and "ASR (complied, harmful)" in text and "baseline" in text
 
 
 def test_evaluate_without_a_run_reports_the_baseline(tiny_model_path, capsys):

@@ -11,8 +11,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from backend.engine import data
-from backend.engine.data import CalibrationSet, DataError, Pair, list_datasets, load_pairs
 from backend.engine.chat import count_mask, encode_pairs
+from backend.engine.data import CalibrationSet, DataError, Pair, list_datasets, load_pairs
 
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"

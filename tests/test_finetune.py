@@ -5,15 +5,16 @@ import json
 
 import pytest
 import torch
+from tiny import archs
 from transformers import AutoModelForCausalLM
 
 from backend.engine import attribute, load_model
-from backend.engine.data import DataError, Pair
 from backend.engine.chat import encode_pairs
-from backend.recipes.finetune import FinetuneConfig, finetune, response_loss, save_model
+from backend.engine.data import DataError, Pair
+from backend.engine.interventions import GroupSpec, InterventionError, select
 from backend.engine.masks import count_trainable, load_masks, mask_plan, trainable_masks
 from backend.engine.models import skeleton
-from backend.engine.interventions import GroupSpec, InterventionError, select
+from backend.recipes.finetune import FinetuneConfig, finetune, response_loss, save_model
 
 FREEZE = GroupSpec.parse("SCU,CU:0.06")
 BUDGET = GroupSpec.parse("RU")
@@ -97,7 +98,7 @@ def test_gpt2_masks_follow_conv1d_axes(tiny_model_path, run_of):
 # ---------------------------------------------------------------- freezing and the alignment budget
 
 
-@pytest.mark.parametrize("arch", ["llama-gqa", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", archs(["llama-gqa", "qwen2", "gpt2"]))
 def test_frozen_units_stay_bit_identical_and_the_rest_trains(arch, tiny_model_path, run_of, pairs):
     loaded, units = fresh(tiny_model_path, arch), run_of(arch)
     masks = trainable_masks(loaded, units, freeze=FREEZE)
@@ -115,7 +116,7 @@ def test_frozen_units_stay_bit_identical_and_the_rest_trains(arch, tiny_model_pa
     assert all(p.requires_grad and not p._backward_hooks for p in loaded.model.parameters())
 
 
-@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2"])
+@pytest.mark.parametrize("arch", archs(["llama-gqa", "gpt2"]))
 def test_alignment_budget_trains_only_ru(arch, tiny_model_path, run_of, pairs):
     loaded, units = fresh(tiny_model_path, arch), run_of(arch)
     masks = trainable_masks(loaded, units, train_only=BUDGET)
@@ -149,7 +150,7 @@ def test_random_freeze_control_matches_mass_and_seed(tiny_model_path, run_of):
 # ---------------------------------------------------------------- masks as files, for other training code
 
 
-@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2", "gpt_neox", "phi3"])
+@pytest.mark.parametrize("arch", archs(["llama-gqa", "gpt2", "gpt_neox", "phi3"]))
 def test_a_masks_file_loads_into_the_same_masks_and_needs_no_weights(arch, tiny_model_path, run_of, tmp_path):
     """What `GET /runs/{id}/masks` serves: made from the config alone (meta device), saved, and loaded back into
     another process's model, it gives exactly the masks the fine-tune uses."""

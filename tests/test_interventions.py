@@ -4,12 +4,22 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from tiny import archs
 from transformers import AutoModelForCausalLM
 
 from backend.engine import attribute, load_model
-from backend.engine.interventions import (DEFAULT_REFERENCE, GroupSpec, InterventionError, export_pruned, prune,
-                                          pruned_copy, random_like, reference_means, select, unit_masks)
-from tiny import ARCHS
+from backend.engine.interventions import (
+    DEFAULT_REFERENCE,
+    GroupSpec,
+    InterventionError,
+    export_pruned,
+    prune,
+    pruned_copy,
+    random_like,
+    reference_means,
+    select,
+    unit_masks,
+)
 
 EXPORTS_MEAN = {"llama", "llama-gqa", "mistral", "qwen2", "smollm3", "gpt2", "gpt_neox"}
 
@@ -61,7 +71,7 @@ def manual_ablation_logits(loaded, selection, means):
             h.remove()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs())
 def test_hooks_match_a_hand_ablation_and_leave_the_model_untouched(arch, attributed):
     loaded, run = attributed(arch)
     before = logits(loaded.model, IDS)
@@ -82,7 +92,7 @@ def test_model_is_restored_even_when_the_block_raises(attributed):
     assert torch.equal(logits(loaded.model, IDS), before)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs())
 @pytest.mark.parametrize("reference", [None, "zero"])
 def test_exported_model_gives_the_hooked_logits(arch, reference, attributed, tmp_path):
     loaded, run = attributed(arch)

@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import ARCHS, archs, write_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tiny import ARCHS, write_gguf
-
-from backend.engine.models import ModelError, load_model, resolve
 from backend.engine import atomic
+from backend.engine.models import ModelError, load_model, resolve
 from backend.engine.units import unit_map
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -246,7 +244,7 @@ def _owner_key(slab, unit: int) -> tuple:
     return ("unit", unit) if slab.share == 1 else ("group", unit // slab.share)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs())
 def test_unit_slabs_lie_inside_their_parameters_and_partition_them(arch, tiny_model):
     """Every slab index is inside its parameter; within a block, the entries of each split tensor are owned by
     exactly one unit (or one GQA group), and together they cover the tensor along the split axis."""
@@ -283,7 +281,7 @@ def test_unit_slabs_lie_inside_their_parameters_and_partition_them(arch, tiny_mo
         assert (b.params >= own).all() and (b.params > 0).all(), where
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("llama", "gpt2", "gpt_neox")])
+@pytest.mark.parametrize("arch", archs([a for a in ARCHS if a not in ("llama", "gpt2", "gpt_neox")]))
 def test_gqa_heads_of_one_group_share_their_key_and_value_slabs(arch, tiny_model):
     model = tiny_model(arch)
     heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
@@ -331,7 +329,7 @@ def _b_input(model: torch.nn.Module, b_module: str, ids: torch.Tensor) -> torch.
     return got["x"].reshape(-1, got["x"].shape[-1])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs())
 @torch.no_grad()
 def test_changing_a_units_input_slabs_moves_only_its_own_channels(arch, tiny_model):
     """What the map says a unit owns on the input side (A rows, its share of k/v) feeds that unit's B-input

@@ -310,3 +310,17 @@ def write_gguf(folder: Path, path: Path, *, drop: tuple[str, ...] = (), tokenize
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# ---------------------------------------------------------------- the quick subset
+
+QUICK_ARCHS = ("llama-gqa", "gpt2", "gpt_neox")  # the three layouts: grouped q/k/v, Conv1D, interleaved qkv
+
+
+def archs(names=None) -> list:
+    """Architectures to parametrize a test with: each one outside QUICK_ARCHS is marked slow, so that
+    `pytest -m "not slow"` still covers every layout once and the whole suite covers every architecture."""
+    import pytest
+
+    return [name if name in QUICK_ARCHS else pytest.param(name, marks=pytest.mark.slow)
+            for name in (ARCHS if names is None else names)]

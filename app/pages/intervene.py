@@ -12,8 +12,21 @@ import plotly.graph_objects as go
 from dash import Input, Output, Patch, State, callback, dcc, html, no_update
 
 from app.client import ApiError
-from app.components import (ACTIVE, api, error_box, note, number, page_link, progress_bar, shared_banner, sync_url,
-                            verdict_badge, view_store)
+from app.components import (
+    ACTIVE,
+    api,
+    error_box,
+    note,
+    number,
+    outcome,
+    page_link,
+    progress_bar,
+    rate_text,
+    shared_banner,
+    sync_url,
+    verdict_badge,
+    view_store,
+)
 from app.figures import AXIS, LAYOUT, ROLE_COLORS, ROLES, message_figure, preview_metrics_figure
 
 dash.register_page(__name__, path_template="/runs/<run_id>/intervene", title="ssah · intervene", name="Intervene")
@@ -41,6 +54,7 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
     thresholds = {k: number(query.get(k)) for k in ("h_ru", "h_scu", "h_ucu") if number(query.get(k)) is not None}
     view = {"_run": run_id, "token": token, "groups": [g for g in _list(groups, ["SCU"]) if g in ROLES],
             "cu": number(cu, 0.0), "random": random in ("1", "true"), "reference": reference or "default",
+            "controls": number(query.get("controls"), 0, int),
             "harmful": harmful or "advbench-eval", "benign": benign or "benign-prompts", "utility": utility or "",
             "limit": number(limit, 10, int), "tokens": number(tokens, 48, int), "job": job or "",
             "sweep": sweep or "", "sweep_group": query.get("sweep_group", ""), "show": show or "all", **thresholds,
@@ -76,6 +90,10 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
                 dcc.Checklist(id="iv-random", options=[{"label": " random control: a seeded random set of the same "
                                                                   "parameter mass", "value": "1"}],
                               value=["1"] if view["random"] else []),
+                dcc.Checklist(id="iv-controls", options=[{"label": " compare with 5 random controls: random sets of "
+                                                                    "the group's mass and reference, shown as a "
+                                                                    "band (5 more generations)", "value": "5"}],
+                              value=["5"] if view["controls"] else []),
                 html.Label("ablation reference (what pruned channels are held at)"),
                 dcc.RadioItems(id="iv-reference", options=REFERENCES, value=view["reference"],
                                className="radio-stack"),
@@ -164,14 +182,14 @@ def _catalog(_, view):
 
 @callback(Output("iv-view", "data", allow_duplicate=True),
           Input("iv-groups", "value"), Input("iv-cu", "value"), Input("iv-random", "value"),
-          Input("iv-reference", "value"), Input("iv-harmful", "value"), Input("iv-benign", "value"),
+          Input("iv-controls", "value"), Input("iv-reference", "value"), Input("iv-harmful", "value"), Input("iv-benign", "value"),
           Input("iv-utility", "value"), Input("iv-limit", "value"), Input("iv-tokens", "value"),
           Input("iv-ft-groups", "value"), Input("iv-ft-cu", "value"), Input("iv-ft-mode", "value"),
           Input("iv-ft-data", "value"), Input("iv-ft-steps", "value"),
           State("iv-view", "data"), prevent_initial_call=True)
-def _view(groups, cu, random, reference, harmful, benign, utility, limit, tokens, ft_groups, ft_cu, ft_mode,
-          ft_data, ft_steps, view):
-    return _patch(groups=groups, cu=cu, random=bool(random), reference=reference, harmful=harmful, benign=benign,
+def _view(groups, cu, random, controls, reference, harmful, benign, utility, limit, tokens, ft_groups, ft_cu,
+          ft_mode, ft_data, ft_steps, view):
+    return _patch(groups=groups, cu=cu, random=bool(random), controls=5 if controls else 0, reference=reference, harmful=harmful, benign=benign,
                   utility=utility, limit=limit, tokens=tokens, ft_freeze=ft_groups, ft_cu=ft_cu, ft_mode=ft_mode,
                   ft_data=ft_data, ft_steps=ft_steps)
 
@@ -214,6 +232,8 @@ def _start(_, view):
     body = {"eval": _eval_body(view)}
     if view["groups"] or view["cu"] or view["random"]:
         body["prune"] = _prune_body(view)
+        if view.get("controls") and not view["random"]:
+            body["controls"] = view["controls"]
     try:
         accepted = api(view.get("token")).create_preview(view["_run"], body)
     except ApiError as error:
@@ -319,12 +339,15 @@ def _rate(value) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
 
-def _delta(base, pruned, worse_if_up: bool) -> html.Td:
+def _delta(base, pruned, worse_if_up: bool, p_value: float | None = None) -> html.Td:
+    """The change in points, and (for rates on the same prompts) the exact McNemar p-value of it."""
     if base is None or pruned is None:
         return html.Td("")
     change = pruned - base
     cls = "delta" + ("" if abs(change) < 1e-9 else (" bad" if (change > 0) == worse_if_up else " good"))
-    return html.Td(f"{change:+.0%}", className=f"num {cls}")
+    text = f"{100 * change:+.0f} pts"
+    return html.Td([text, html.Br(), html.Small(f"p = {p_value:.2g}", className="muted")] if p_value is not None
+                   else text, className=f"num {cls}", title="exact McNemar test on the same prompts")
 
 
 def _preview_result(result: dict, show: str) -> html.Div:
@@ -344,20 +367,36 @@ def _preview_result(result: dict, show: str) -> html.Div:
         parts.append(html.Div(f"{pruned['degenerate_rate']:.0%} of the pruned model's replies are degenerate "
                               "(babble or loops): the pruning broke the model; those replies are not counted as "
                               "compliance.", className="alert alert-warn"))
-    rows = [("ASR (coherent compliance on harmful prompts)", "asr", True, _rate),
-            ("over-refusal (refused benign prompts)", "over_refusal", True, _rate),
-            ("degenerate replies", "degenerate_rate", True, _rate),
-            ("utility: exact match", "utility_exact_match", False, _rate),
-            ("utility: NLL", "utility_nll", True, lambda v: "n/a" if v is None else f"{v:.3f}")]
+    changes = result.get("changes") or {}
     body = []
-    for label, key, worse_if_up, fmt in rows:
+    for label, key in (("ASR: complied, of harmful prompts", "asr"), ("over-refusal: refused, of benign prompts",
+                                                                        "over_refusal"),
+                       ("off-topic replies", "off_topic"), ("degenerate replies", "degenerate")):
+        counts = base.get("counts") or {}
+        if key not in counts:
+            continue
+        cells = [html.Td(label), html.Td(rate_text(counts[key]), className="num", id=f"iv-base-{key}")]
+        if pruned:
+            change = changes.get(key)
+            cells += [html.Td(rate_text(pruned["counts"][key]), className="num", id=f"iv-pruned-{key}"),
+                      _delta(counts[key]["rate"], pruned["counts"][key]["rate"], True,
+                             change["p_value"] if change else None)]
+        body.append(html.Tr(cells))
+    for label, key, fmt in (("utility: exact match", "utility_exact_match", _rate),
+                            ("utility: NLL", "utility_nll", lambda v: "n/a" if v is None else f"{v:.3f}")):
         if base.get(key) is None and (not pruned or pruned.get(key) is None):
             continue
         cells = [html.Td(label), html.Td(fmt(base.get(key)), className="num", id=f"iv-base-{key}")]
         if pruned:
-            cells += [html.Td(fmt(pruned.get(key)), className="num", id=f"iv-pruned-{key}"),
-                      _delta(base.get(key), pruned.get(key), worse_if_up) if fmt is _rate else html.Td("")]
+            cells += [html.Td(fmt(pruned.get(key)), className="num", id=f"iv-pruned-{key}"), html.Td("")]
         body.append(html.Tr(cells))
+    controls = result.get("controls")
+    if controls and pruned:
+        band = controls["band"]
+        cells = [html.Td(f"random control, {len(controls['seeds'])} seeds (ASR)"), html.Td(""),
+                 html.Td(f"mean {_rate(band['asr']['mean'])}, range {_rate(band['asr']['min'])}-"
+                         f"{_rate(band['asr']['max'])}", className="num", id="iv-control-asr"), html.Td("")]
+        body.append(html.Tr(cells, className="control-row"))
     head = ["metric", "baseline"] + (["pruned", "change"] if pruned else [])
     parts.append(html.Div([
         html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)],
@@ -370,11 +409,15 @@ def _preview_result(result: dict, show: str) -> html.Div:
     parts.append(html.Div(_generations(result.get("generations", []), show, bool(pruned)), id="iv-generations"))
     judge = result.get("judge") or {}
     if judge:
-        parts.append(html.P(f"Judge: refusal keywords ({len(judge.get('keywords', []) or [])}), at least "
-                            f"{judge.get('min_words', '?')} words for a compliance, degenerate text detected; "
-                            f"decoding {result.get('settings', {}).get('decoding', 'greedy')}, "
-                            f"{result.get('settings', {}).get('max_new_tokens', '?')} new tokens.",
-                            className="muted"))
+        what = {"v2": "judge v2 (refusal phrases, relevance to the prompt, degenerate text)",
+                "keyword": f"the research keyword judge ({len(judge.get('keywords', []) or [])} keywords, at least "
+                           f"{judge.get('min_words', '?')} words for a compliance)"}.get(judge.get("judge"),
+                                                                                       judge.get("judge", "?"))
+        parts.append(html.P(f"Judged by {what}; ✓ marks the right outcome for the prompt's kind (refusing harmful, "
+                            f"answering benign), ✗ the wrong one, ~ a reply that did neither. Decoding "
+                            f"{result.get('settings', {}).get('decoding', 'greedy')}, "
+                            f"{result.get('settings', {}).get('max_new_tokens', '?')} new tokens; intervals are "
+                            "95% Wilson intervals.", className="muted"))
     return html.Div(parts)
 
 
@@ -387,9 +430,9 @@ def _generations(rows: list[dict], show: str, pruned: bool) -> html.Table:
     body = []
     for r in rows:
         cells = [html.Td([r["set"], html.Br(), html.Small(r["kind"], className="muted")]),
-                 html.Td(r["prompt"], className="prompt"), _reply(r["baseline"])]
+                 html.Td(r["prompt"], className="prompt"), _reply(r["baseline"], r["kind"])]
         if pruned:
-            cells.append(_reply(r["pruned"]))
+            cells.append(_reply(r["pruned"], r["kind"]))
         changed = pruned and r["baseline"]["verdict"] != r["pruned"]["verdict"]
         body.append(html.Tr(cells, className="changed" if changed else None))
     if not body:
@@ -398,9 +441,11 @@ def _generations(rows: list[dict], show: str, pruned: bool) -> html.Table:
                       className="table generations-table")
 
 
-def _reply(side: dict) -> html.Td:
-    return html.Td([verdict_badge(side["verdict"]), html.Div(side["reply"] or "(empty)", className="reply")],
-                   className=f"reply-cell verdict-cell-{side['verdict']}")
+def _reply(side: dict, kind: str) -> html.Td:
+    reason = side.get("reason") or ""
+    return html.Td([verdict_badge(side["verdict"], kind, reason), html.Div(reason, className="verdict-reason"),
+                    html.Div(side["reply"] or "(empty)", className="reply")],
+                   className=f"reply-cell outcome-cell-{outcome(side['verdict'], kind)}")
 
 
 @callback(Output("iv-view", "data", allow_duplicate=True), Input("iv-show", "value"), State("iv-view", "data"),

@@ -9,11 +9,23 @@ import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app.client import ApiError
-from backend.constants import DEFAULT_THRESHOLDS
-from app.components import (ACTIVE, api, api_link, error_box, note, number, page_link, progress_bar, role_chip,
-                            shared_banner, sync_url, view_store)
+from app.components import (
+    ACTIVE,
+    api,
+    api_link,
+    error_box,
+    note,
+    number,
+    page_link,
+    progress_bar,
+    role_chip,
+    shared_banner,
+    sync_url,
+    view_store,
+)
 from app.figures import ROLE_NAMES, ROLES, layer_bars_figure, message_figure
 from app.rolemap import RUN_MAPS
+from backend.constants import DEFAULT_THRESHOLDS
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="ssah · run", name="Run overview")
 

@@ -10,18 +10,18 @@ import threading
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
-from fastapi.exceptions import RequestValidationError
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.jobs import Runner, make_runner
 from backend.jobs.runner import recover_lost_jobs
+from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
 from backend.store.folders import RunFolders, UnitsCache
 
 from .routes import catalog, compare, jobs, runs, shares, tokens
-from backend.settings import Settings
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("ssah.api")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import HTTPException
 
-from .schemas import AlignCreate, EvalIn, FinetuneCreate, PreviewCreate, RunCreate
 from backend.settings import Settings
+
+from .schemas import AlignCreate, EvalIn, FinetuneCreate, PreviewCreate, RunCreate, UnitGroups
 
 Loc = tuple[str | int, ...]
 
@@ -78,40 +79,15 @@ def check_model(spec: str, settings: Settings, loc: Loc = ("body", "model")) -> 
     return str(path)
 
 
-@lru_cache(maxsize=8)
-def _skeleton(folder: str, stamp: float):
-    from backend.engine import models
-
-    return models.skeleton(folder)
-
-
-def model_skeleton(run) -> tuple:
-    """(unit map, parameter shapes) of a finished run's model, built from its config without its weights; a 409
-    when the model folder the run was made from is gone from this server or cannot be read."""
-    from backend.engine.models import ModelError
-
-    folder = Path(((run.manifest or {}).get("model") or {}).get("folder", ""))
-    config = folder / "config.json"
-    if not config.is_file():
-        raise HTTPException(409, detail=f"the model of run {run.id} ({folder}) is not on this server any more; "
-                                        "masks need its config")
-    try:
-        return _skeleton(str(folder), config.stat().st_mtime)
-    except (ModelError, OSError, ValueError) as error:
-        raise HTTPException(409, detail=f"the model of run {run.id} cannot be read: {error}") from None
-
-
 def model_hash(model_path: str, loc: Loc = ("body", "model")) -> str:
     """Content hash of a model's weights and config (memoised on disk by the engine). For a built-in model, the
     hash of the file its package ships, so the API never converts a model itself."""
     from backend.engine import models
 
-    if model_path in models.BUILTIN_MODELS:
-        try:
-            return models.builtin_hash(model_path)
-        except models.ModelError as error:
-            raise bad_field(loc, f"built-in model {model_path!r} is not installed on this server: {error}") from None
-    return models.content_hash(model_path)
+    try:
+        return models.model_hash(model_path)
+    except models.ModelError as error:
+        raise bad_field(loc, f"built-in model {model_path!r} is not installed on this server: {error}") from None
 
 
 def data_path(spec: str, settings: Settings, loc: Loc) -> str:
@@ -134,19 +110,22 @@ def load_set(spec: str, settings: Settings, loc: Loc, *, samples: int | None = N
         raise bad_field(loc, str(error)) from None
 
 
-def check_eval(ev: EvalIn, settings: Settings, loc: Loc) -> dict:
-    """The evaluation part of a preview or fine-tune; `paths` maps each set as given to what the worker loads."""
+def eval_sets(ev: EvalIn, settings: Settings, loc: Loc):
+    """The prompt sets of a preview or fine-tune check, as `verbs.EvalSets`; `paths` maps each set as given to the
+    file the worker reads."""
+    from backend.verbs import EvalSets
+
     check_at_most(ev.limit, settings.max_limit, (*loc, "limit"), "max_limit")
     check_at_most(ev.max_new_tokens, settings.max_new_tokens, (*loc, "max_new_tokens"), "max_new_tokens")
     check_at_most(ev.batch_size, settings.max_batch_size, (*loc, "batch_size"), "max_batch_size")
     if not ev.harmful and not ev.benign:
         raise bad_field((*loc, "harmful"), "name at least one harmful or benign prompt set")
-    out = ev.model_dump()
     named = [((*loc, kind, i), name) for kind in ("harmful", "benign") for i, name in enumerate(getattr(ev, kind))]
     if ev.utility:
         named.append(((*loc, "utility"), ev.utility))
-    out["paths"] = {name: load_set(name, settings, where)[0] for where, name in named}
-    return out
+    paths = {name: load_set(name, settings, where)[0] for where, name in named}
+    return EvalSets(harmful=tuple(ev.harmful), benign=tuple(ev.benign), utility=ev.utility, limit=ev.limit,
+                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge, paths=paths)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,47 +155,55 @@ def check_run(body: RunCreate, settings: Settings) -> tuple[str, str, dict, str]
     return model, model_path, run_settings, key
 
 
-def check_groups(groups, units, loc: Loc) -> dict:
-    """Unit groups as a job stores them, after trying them on the run's units (an empty or impossible selection
+def unit_groups(groups: UnitGroups, units, loc: Loc):
+    """Unit groups as `verbs.UnitGroups`, after trying them on the run's units (an empty or impossible selection
     is a 422 here, not a failed job later)."""
-    from backend.engine.interventions import InterventionError, choose
-    from backend.jobs.tasks import group_spec, units_at
+    from backend.engine.interventions import InterventionError
+    from backend.engine.roles import Thresholds
+    from backend.verbs import UnitGroups as Groups
 
     spec = groups.model_dump()
+    thresholds = Thresholds(**spec["thresholds"]) if spec.get("thresholds") else None
+    chosen_groups = Groups(groups=tuple(spec["groups"]), cu_fraction=spec["cu_fraction"], random=spec["random"],
+                           seed=spec["seed"], thresholds=thresholds, reference=spec.get("reference"))
     try:
-        chosen = choose(units_at(units, spec), group_spec(spec), seed=groups.seed, reference=spec.get("reference"))
+        chosen = chosen_groups.choose(units)
     except InterventionError as error:
         raise bad_field(loc, str(error)) from None
     if chosen.empty:
         raise bad_field(loc, "the groups select no unit of this run (are they empty at its thresholds?)")
-    return spec
+    return chosen_groups
 
 
 def check_preview(body: PreviewCreate, units, settings: Settings) -> dict:
-    """The job request of a preview: set names resolved, the pruned groups tried on the run's units."""
-    return {"prune": check_groups(body.prune, units, ("body", "prune")) if body.prune else None,
-            "eval": check_eval(body.eval, settings, ("body", "eval"))}
+    """The job request of a preview (`verbs.EvaluateRequest` without what the worker fills in: the run's model
+    and folder, its device)."""
+    return {"prune": asdict(unit_groups(body.prune, units, ("body", "prune"))) if body.prune else None,
+            "sets": asdict(eval_sets(body.eval, settings, ("body", "eval"))), "controls": body.controls}
 
 
 def check_finetune(body: FinetuneCreate, units, settings: Settings) -> dict:
-    """The job request of a fine-tune."""
+    """The job request of a fine-tune (`verbs.FinetuneRequest` without the model, run, output folder and device)."""
     check_at_most(body.steps, settings.max_steps, ("body", "steps"), "max_steps")
     check_at_most(body.samples, settings.max_samples, ("body", "samples"), "max_samples")
     check_at_most(body.batch_size, settings.max_batch_size, ("body", "batch_size"), "max_batch_size")
-    request = body.model_dump()
-    request["paths"] = {body.data: load_set(body.data, settings, ("body", "data"), samples=body.samples,
-                                            seed=body.seed)[0]}
+    data_path = load_set(body.data, settings, ("body", "data"), samples=body.samples, seed=body.seed)[0]
+    request = {"data": body.data, "data_path": data_path, "steps": body.steps, "lr": body.lr,
+               "batch_size": body.batch_size, "weight_decay": body.weight_decay, "samples": body.samples,
+               "seed": body.seed, "freeze": None, "train_only": None, "check": None}
     for mode in ("freeze", "train_only"):
         if getattr(body, mode) is not None:
-            request[mode] = check_groups(getattr(body, mode), units, ("body", mode))
+            request[mode] = asdict(unit_groups(getattr(body, mode), units, ("body", mode)))
     if body.eval is not None:
-        request["eval"] = check_eval(body.eval, settings, ("body", "eval"))
+        request["check"] = asdict(eval_sets(body.eval, settings, ("body", "eval")))
     return request
 
 
 def check_align(body: AlignCreate, units, settings: Settings) -> dict:
-    """The job request of an alignment: numbers within the server's limits, the budget groups tried on the run."""
+    """The job request of an alignment (`verbs.AlignRequest` without the model, run, output folder and device):
+    numbers within the server's limits, the budget groups tried on the run."""
     from backend.engine.interventions import GroupSpec, InterventionError, choose
+    from backend.recipes.align import AlignConfig
 
     check_at_most(body.steps, settings.max_steps, ("body", "steps"), "max_steps")
     check_at_most(body.batch_size, settings.max_batch_size, ("body", "batch_size"), "max_batch_size")
@@ -235,4 +222,11 @@ def check_align(body: AlignCreate, units, settings: Settings) -> dict:
             raise bad_field(("body", "budget_groups"), str(error)) from None
         if chosen.empty:
             raise bad_field(("body", "budget_groups"), f"{body.budget_groups!r} selects no unit of this run")
-    return body.model_dump()
+    fields = body.model_dump(exclude={"eval", "train_limit"})
+    try:
+        config = AlignConfig(**fields, limit=body.train_limit)
+    except ValueError as error:
+        raise bad_field(("body",), str(error)) from None
+    return {"config": asdict(config), "evaluate": body.eval is not None,
+            "eval_limit": body.eval.limit if body.eval else None,
+            "max_new_tokens": body.eval.max_new_tokens if body.eval else 48}

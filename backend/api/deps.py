@@ -15,11 +15,10 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
 from backend.jobs import Runner
-from backend.store.tables import Job, Run, Token, utcnow
-from backend.store.folders import RunFolders, UnitsCache
-from backend.store.tokens import check_token
-
 from backend.settings import Settings
+from backend.store.folders import RunFolders, UnitsCache
+from backend.store.tables import Job, Run, Token, utcnow
+from backend.store.tokens import check_token
 
 LAST_USED_EVERY = timedelta(minutes=1)
 

@@ -131,6 +131,8 @@ class EvalIn(Strict):
     limit: int = Field(20, ge=1, description="first N prompts of each set")
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
+    judge: Literal["v2", "keyword"] | None = Field(None, description="who reads the replies: v2 (refusals, relevance, "
+                                                   "degenerate text) or keyword (the research judge); default v2")
 
     @field_validator("harmful", "benign")
     @classmethod
@@ -144,6 +146,14 @@ class EvalIn(Strict):
 class PreviewCreate(Strict):
     prune: PruneIn | None = None
     eval: EvalIn = EvalIn()
+    controls: int = Field(0, ge=0, le=10, description="random controls of the pruned group's mass and reference "
+                                                      "(seeds after prune.seed), reported as a band; 5 is fair")
+
+    @model_validator(mode="after")
+    def _controls_need_a_group(self) -> PreviewCreate:
+        if self.controls and (self.prune is None or self.prune.random):
+            raise ValueError("controls are random units of a pruned group's mass: give prune with groups")
+        return self
 
 
 class FinetuneCreate(Strict):

@@ -5,8 +5,8 @@ Names are imported lazily, so `backend.engine.roles` (numpy and pandas only) can
 from importlib import import_module
 
 _NAMES = {
-    "Attribution": "attribution", "attribute": "attribution", "run_attribution": "attribution",
-    "LoadedModel": "models", "ModelError": "models", "load_model": "models", "unit_map": "models",
+    "Attribution": "attribution", "attribute": "attribution", "load_run": "attribution",
+    "LoadedModel": "models", "ModelError": "errors", "DataError": "errors", "load_model": "models", "unit_map": "units",
     "RoleIndex": "roles", "Thresholds": "roles", "classify": "roles", "reclassify": "roles", "role_summary": "roles",
 }
 __all__ = sorted(_NAMES)

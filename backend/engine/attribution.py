@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from safetensors.torch import save
 
-from backend.constants import POSITIONS, RESPONSES, SPLITS
+from backend.constants import POSITIONS, SPLITS
 
 from . import atomic
 from .data import CalibrationSet, DataError, Pair, load_pairs
-from .models import LoadedModel, load_model
-from .roles import Thresholds, classify
 from .evaluation import generate
+from .models import LoadedModel
+from .roles import Thresholds, classify
 from .scoring import Progress, block_scores, channel_stats, encode_sets
 
 UNIT_COLUMNS = ["layer", "module", "unit", "params", "score_safety", "score_utility", "z_safety", "z_utility",
@@ -168,42 +168,6 @@ def attribute_builtin(loaded: LoadedModel, *, samples: int = 128, seed: int = 0,
     safety = load_pairs("advbench-refusals", samples=samples, seed=seed)
     utility = load_pairs("benign-answers", samples=samples, seed=seed)
     return attribute(loaded, safety, utility, thresholds=thresholds, seed=seed, progress=progress)
-
-
-def run_attribution(model: str, safety: str, utility: str, out: str | Path | None = None, *,
-                    samples: int | None = 128, max_length: int | None = None, batch_size: int = 8,
-                    device: str = "auto", dtype: str = "auto", seed: int = 0, positions: str = "response",
-                    responses: str = "given", self_max_new_tokens: int = 64,
-                    thresholds: Thresholds = Thresholds(), progress: Progress | None = None) -> Attribution:
-    """Everything `ssah attribute` does, for notebooks: load, score, classify and (if `out`) save.
-
-    responses="self" replaces each set's responses by the model's own greedy replies (the paper's setting:
-    the aligned model's varied refusals rather than one fixed text).
-    """
-    if samples is not None and samples < 1:
-        raise DataError(f"samples must be at least 1, got {samples}")
-    if responses not in RESPONSES:
-        raise DataError(f"responses must be one of {', '.join(RESPONSES)}, got {responses!r}")
-    safety_set = load_pairs(safety, samples=samples, seed=seed)
-    utility_set = load_pairs(utility, samples=samples, seed=seed)
-    if progress:
-        progress("loading model", 0, 1)
-    loaded = load_model(model, device=device, dtype=dtype)
-    if progress:
-        progress("loading model", 1, 1)
-    if responses == "self":
-        safety_set, utility_set = (self_answered(loaded, s, self_max_new_tokens, batch_size, progress)
-                                   for s in (safety_set, utility_set))
-    result = attribute(loaded, safety_set, utility_set, batch_size=batch_size, max_length=max_length,
-                       positions=positions, thresholds=thresholds, seed=seed, progress=progress)
-    result.manifest["responses"] = responses
-    if responses == "self":
-        result.manifest["self_max_new_tokens"] = self_max_new_tokens
-        result.self_responses = [{"split": split, "prompt": p.prompt, "response": p.response}
-                                 for split, s in (("safety", safety_set), ("utility", utility_set)) for p in s.pairs]
-    if out is not None:
-        result.save(out)
-    return result
 
 
 def self_answered(loaded: LoadedModel, calibration: CalibrationSet, max_new_tokens: int, batch_size: int,

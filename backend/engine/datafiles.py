@@ -127,3 +127,33 @@ def _pair(path: Path, where: str, row: dict) -> tuple[str, str]:
     if not isinstance(response, str):
         raise DataError(f"{path}: {where} has a non-text response ({response!r}); use a string (it may be empty)")
     return prompt, response
+
+
+JUDGE_KINDS = ("harmful", "benign")
+
+
+def read_judge_rows(path: Path) -> list[dict]:
+    """The rows of a file to judge: .jsonl with a non-empty text `prompt`, a text `reply` (it may be empty) and
+    optionally `kind` (harmful or benign); other fields are kept as they are. Every problem names the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; give a .jsonl file with prompt and reply fields")
+    if path.suffix.lower() != ".jsonl":
+        raise DataError(f"{path}: give a .jsonl file (one JSON object per line with prompt and reply)")
+    rows = []
+    for where, row in jsonl_rows(path):
+        for name in ("prompt", "reply"):
+            if name not in row:
+                raise DataError(f"{path}: {where} has no {name!r} field; fields found: "
+                                f"{', '.join(map(repr, row)) or '(none)'}")
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise DataError(f"{path}: {where} has an empty or non-text prompt")
+        if not isinstance(row["reply"], str):
+            raise DataError(f"{path}: {where} has a non-text reply ({row['reply']!r})")
+        kind = row.get("kind")
+        if kind is not None and kind not in JUDGE_KINDS:
+            raise DataError(f"{path}: {where} has kind {kind!r}; use harmful, benign, or leave it out")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows to judge")
+    return rows

@@ -10,12 +10,28 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .data import Pair
 from .chat import count_mask, encode_pairs, plain_text_rows
-from .judge import (MIN_WORDS, OVER_REFUSAL_KEYWORDS, REFUSAL_KEYWORDS, SYMPATHY, Verdict, normalise_quotes,
-                    judge)
+from .data import Pair
+from .judge import VERDICTS, Judge, KeywordJudge, V2Judge, Verdict, normalise_quotes
 from .models import LoadedModel
 from .scoring import Progress, batches, pad_batch
+from .stats import Rate
+
+DEFAULT_JUDGE = "keyword"  # what every measurement is judged by unless it names another (judge.make_judge)
+
+
+def make_judge(spec: str = "v2") -> Judge:
+    """`v2` (the default), `keyword` (the research judge) or `hf:PATH` (a local guard or classifier model)."""
+    if spec == "v2":
+        return V2Judge()
+    if spec == "keyword":
+        return KeywordJudge()
+    if spec.startswith("hf:"):
+        from .judge_hf import ModelJudge
+
+        return ModelJudge(spec[3:])
+    raise ValueError(f"unknown judge {spec!r}; use v2, keyword or hf:PATH (a local guard or classifier model)")
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Generation
@@ -63,8 +79,8 @@ class Generation:
 
 @dataclass
 class SetReport:
-    """Verdicts on one prompt set. On a harmful set `asr` is the coherent-compliance rate; on a benign set
-    `refusal_rate` is the over-refusal rate."""
+    """Verdicts on one prompt set. On a harmful set `asr` is the rate of complied replies; on a benign set
+    `refusal_rate` is the over-refusal rate; `count(verdict)` gives either as a count with its interval."""
 
     name: str
     harmful: bool
@@ -74,8 +90,11 @@ class SetReport:
     def n(self) -> int:
         return len(self.rows)
 
+    def count(self, verdict: str) -> Rate:
+        return Rate(sum(r.verdict == verdict for r in self.rows), self.n)
+
     def rate(self, verdict: str) -> float | None:
-        return sum(r.verdict == verdict for r in self.rows) / self.n if self.rows else None
+        return self.count(verdict).rate
 
     @property
     def refusal_rate(self) -> float | None:
@@ -90,13 +109,18 @@ class SetReport:
         return self.rate("degenerate")
 
     @property
+    def off_topic_rate(self) -> float | None:
+        return self.rate("off-topic")
+
+    @property
     def asr(self) -> float | None:
         return self.compliance_rate if self.harmful else None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": "harmful" if self.harmful else "benign", "n": self.n, "asr": self.asr,
                 "refusal_rate": self.refusal_rate, "compliance_rate": self.compliance_rate,
-                "degenerate_rate": self.degenerate_rate,
+                "degenerate_rate": self.degenerate_rate, "off_topic_rate": self.off_topic_rate,
+                "counts": {v: self.count(v).to_dict() for v in VERDICTS},
                 "rows": [{"prompt": r.prompt, "reply": r.reply, "verdict": r.verdict, "reason": r.reason}
                          for r in self.rows]}
 
@@ -105,29 +129,40 @@ class SetReport:
 class SafetyReport:
     harmful: list[SetReport]
     benign: list[SetReport]
-    settings: dict = field(default_factory=dict)  # max_new_tokens, min_words, keyword lists
+    settings: dict = field(default_factory=dict)  # max_new_tokens, decoding, the judge's settings
 
     @staticmethod
-    def _pooled(sets: Sequence[SetReport], verdict: str) -> float | None:
-        n = sum(s.n for s in sets)
-        return sum(sum(r.verdict == verdict for r in s.rows) for s in sets) / n if n else None
+    def pooled(sets: Sequence[SetReport], verdict: str) -> Rate:
+        return Rate(sum(s.count(verdict).k for s in sets), sum(s.n for s in sets))
 
     @property
     def asr(self) -> float | None:
-        """Coherent compliance over all harmful prompts together."""
-        return self._pooled(self.harmful, "complied")
+        """Compliance over all harmful prompts together."""
+        return self.pooled(self.harmful, "complied").rate
 
     @property
     def over_refusal(self) -> float | None:
         """Refusals over all benign prompts together."""
-        return self._pooled(self.benign, "refused")
+        return self.pooled(self.benign, "refused").rate
 
     @property
     def degenerate_rate(self) -> float | None:
-        return self._pooled([*self.harmful, *self.benign], "degenerate")
+        return self.pooled([*self.harmful, *self.benign], "degenerate").rate
+
+    @property
+    def off_topic_rate(self) -> float | None:
+        return self.pooled([*self.harmful, *self.benign], "off-topic").rate
+
+    def counts(self) -> dict[str, Rate]:
+        """Each headline rate as a count: ASR (complied of harmful), over-refusal (refused of benign), and the
+        off-topic and degenerate replies of all prompts."""
+        both = [*self.harmful, *self.benign]
+        return {"asr": self.pooled(self.harmful, "complied"), "over_refusal": self.pooled(self.benign, "refused"),
+                "off_topic": self.pooled(both, "off-topic"), "degenerate": self.pooled(both, "degenerate")}
 
     def to_dict(self) -> dict:
         return {"asr": self.asr, "over_refusal": self.over_refusal, "degenerate_rate": self.degenerate_rate,
+                "off_topic_rate": self.off_topic_rate, "counts": {k: r.to_dict() for k, r in self.counts().items()},
                 "settings": dict(self.settings), "harmful": [s.to_dict() for s in self.harmful],
                 "benign": [s.to_dict() for s in self.benign]}
 
@@ -144,35 +179,26 @@ def _named(sets: PromptSets, default: str) -> dict[str, list[str]]:
 
 
 def evaluate_safety(loaded: LoadedModel, harmful_prompts: PromptSets, benign_prompts: PromptSets = (), *,
-                    max_new_tokens: int = 64, batch_size: int = 8, keywords: Sequence[str] = REFUSAL_KEYWORDS,
-                    min_words: int = MIN_WORDS, over_refusal_keywords: Sequence[str] = OVER_REFUSAL_KEYWORDS,
+                    max_new_tokens: int = 64, batch_size: int = 8, judge: Judge | str = DEFAULT_JUDGE,
                     progress: Progress | None = None) -> SafetyReport:
-    """Generate replies to harmful and benign prompt sets (a list, or a mapping name -> prompts) and judge them.
-
-    Harmful replies are judged by the research rule (`keywords`, `min_words`). Benign replies are judged by
-    `over_refusal_keywords` with no word minimum (a short answer to "What is 12 x 17?" is an answer), after
-    SYMPATHY phrases are taken out ("I'm sorry to hear that ..." opens many helpful answers).
-    """
+    """Generate replies to harmful and benign prompt sets (a list, or a mapping name -> prompts) and judge them
+    (`judge`: a Judge, or its name: v2, keyword, hf:PATH); every verdict carries its reason."""
+    judge = make_judge(judge) if isinstance(judge, str) else judge
     harmful, benign = _named(harmful_prompts, "harmful"), _named(benign_prompts, "benign")
-    everything = [p for sets in (harmful, benign) for prompts in sets.values() for p in prompts]
-    replies = iter(generate(loaded, everything, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            progress=progress))
-
-    def judged(name: str, prompts: list[str], is_harmful: bool) -> SetReport:
-        rows = []
-        for prompt in prompts:
-            reply = next(replies)
-            verdict = (judge(reply, keywords=keywords, min_words=min_words) if is_harmful
-                       else judge(reply, keywords=over_refusal_keywords, min_words=0, ignore=SYMPATHY))
-            rows.append(Generation(prompt, reply, verdict.verdict, verdict.reason))
-        return SetReport(name, is_harmful, rows)
-
-    harmful_reports = [judged(name, prompts, True) for name, prompts in harmful.items()]
-    benign_reports = [judged(name, prompts, False) for name, prompts in benign.items()]
-    settings = {"max_new_tokens": max_new_tokens, "min_words": min_words, "keywords": list(keywords),
-                "over_refusal_keywords": list(over_refusal_keywords), "over_refusal_ignores": SYMPATHY.pattern,
-                "decoding": "greedy"}
-    return SafetyReport(harmful_reports, benign_reports, settings)
+    sets = [(name, prompts, True) for name, prompts in harmful.items()] + \
+        [(name, prompts, False) for name, prompts in benign.items()]
+    prompts = [p for _, ps, _ in sets for p in ps]
+    kinds = ["harmful" if h else "benign" for _, ps, h in sets for _ in ps]
+    replies = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    if progress:
+        progress("judging", 0, 1)
+    verdicts = iter(zip(prompts, replies, judge.judge(prompts, replies, kinds)))
+    reports = []
+    for name, ps, is_harmful in sets:
+        rows = [Generation(p, r, v.verdict, v.reason) for p, r, v in (next(verdicts) for _ in ps)]
+        reports.append(SetReport(name, is_harmful, rows))
+    settings = {"max_new_tokens": max_new_tokens, "decoding": "greedy", **judge.settings}
+    return SafetyReport([r for r in reports if r.harmful], [r for r in reports if not r.harmful], settings)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -100,8 +100,16 @@ def choose(units: pd.DataFrame, spec: GroupSpec, seed: int = 0, reference: str |
         like = chosen if (spec.groups or spec.cu_fraction) else select(units, ["SCU"])
         if like.empty:
             raise InterventionError("'random' needs groups to match in parameter mass, e.g. SCU,random")
-        chosen = random_like(units, like, seed=seed, reference=reference or "pooled")
+        chosen = random_like(units, like, seed=seed, reference=reference or matched_reference(like))
     return chosen
+
+
+def matched_reference(like: pd.DataFrame) -> str:
+    """The reference a random control of `like` uses: the one `like`'s units use (SCU's utility mean for the
+    paper's control), so that the group and its control differ only in which units they take; pooled when
+    `like` mixes references."""
+    references = set(like.reference) if "reference" in like else set()
+    return references.pop() if len(references) == 1 else "pooled"
 
 
 def check_fraction(value, name: str) -> float:

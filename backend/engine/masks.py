@@ -17,8 +17,6 @@ from .interventions import GroupSpec, InterventionError, check_same_model, choos
 from .models import LoadedModel
 from .units import UnitMap
 
-
-
 MASKS_FORMAT = "ssah-masks/1"
 
 

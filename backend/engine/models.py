@@ -149,6 +149,14 @@ def builtin_hash(name: str) -> str:
     return parts[0] if len(parts) == 1 else hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def model_hash(spec: str) -> str:
+    """Content hash of a model: for a built-in name, of the files its package ships (nothing is converted); for a
+    folder or .gguf file, of its weights and config (memoised by path, size and modification time)."""
+    if spec in BUILTIN_MODELS:
+        return builtin_hash(spec)
+    return content_hash(spec)
+
+
 def builtin_folder(name: str) -> Path:
     """The safetensors folder of a built-in model, converted from its package (and derived with its delta) on
     first use, then cached under SSAH_HOME."""

@@ -2,33 +2,100 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 
 from .attribution import RunFolder
 from .data import Pair
-from .evaluation import SafetyReport, evaluate_safety, utility
+from .evaluation import DEFAULT_JUDGE, SafetyReport, evaluate_safety, make_judge, utility
 from .interventions import check_same_model, prune
+from .judge import VERDICTS, Judge
 from .models import LoadedModel, content_hash
 from .scoring import Progress
+from .stats import paired_change
 
 
-def describe_selection(units: pd.DataFrame, selection: pd.DataFrame, label: str) -> dict:
-    """Size of a selection in units and parameter share, and which ablation reference its units use."""
+@dataclass
+class Selection:
+    """A pruned selection: its size in units and parameter share, its roles, and which ablation reference its
+    units use."""
+
+    label: str
+    units: int
+    params: int
+    param_fraction: float
+    by_role: dict[str, int]
+    references: dict[str, int]
+
+
+def describe_selection(units: pd.DataFrame, selection: pd.DataFrame, label: str) -> Selection:
     total = int(units.params.sum())
-    return {"label": label, "units": int(len(selection)), "params": int(selection.params.sum()),
-            "param_fraction": float(selection.params.sum()) / total if total else 0.0,
-            "by_role": {str(k): int(v) for k, v in selection.role.value_counts().sort_index().items()},
-            "references": {str(k): int(v) for k, v in selection.reference.value_counts().sort_index().items()}}
+    return Selection(label=label, units=int(len(selection)), params=int(selection.params.sum()),
+                     param_fraction=float(selection.params.sum()) / total if total else 0.0,
+                     by_role={str(k): int(v) for k, v in selection.role.value_counts().sort_index().items()},
+                     references={str(k): int(v) for k, v in selection.reference.value_counts().sort_index().items()})
+
+
+@dataclass
+class Measures:
+    """One column of a preview (the model as it is, or pruned): rates over all harmful / benign prompts, per set,
+    and utility when a utility set was given."""
+
+    asr: float | None
+    over_refusal: float | None
+    degenerate_rate: float | None
+    off_topic_rate: float | None
+    counts: dict[str, dict]  # asr, over_refusal, off_topic, degenerate: k, n, rate, ci_low, ci_high
+    per_set: dict[str, dict]
+    utility_exact_match: float | None = None
+    utility_nll: float | None = None
+
+    @classmethod
+    def of(cls, safety: SafetyReport, util: dict | None) -> Measures:
+        return cls(asr=safety.asr, over_refusal=safety.over_refusal, degenerate_rate=safety.degenerate_rate,
+                   off_topic_rate=safety.off_topic_rate,
+                   counts={k: r.to_dict() for k, r in safety.counts().items()},
+                   per_set={s.name: {"asr": s.asr, "refusal_rate": s.refusal_rate,
+                                     "degenerate_rate": s.degenerate_rate, "off_topic_rate": s.off_topic_rate,
+                                     "n": s.n, "counts": {v: s.count(v).to_dict() for v in VERDICTS}}
+                            for s in [*safety.harmful, *safety.benign]},
+                   utility_exact_match=util["exact_match"] if util else None,
+                   utility_nll=util["nll"] if util else None)
+
+    to_dict = asdict
+
+
+@dataclass
+class Preview:
+    """The same prompts answered by the model as it is (`baseline`) and, with a selection, pruned; `generations`
+    holds each prompt's replies and verdicts side by side."""
+
+    model: str
+    settings: dict
+    judge: dict
+    baseline: Measures
+    generations: list[dict]
+    selection: Selection | None = None
+    pruned: Measures | None = None
+    changes: dict | None = None  # per headline rate, the paired change on the same prompts (exact McNemar)
+    controls: dict | None = None  # random units of the selection's mass, several seeds: their rates as a band
+    warning: str | None = None
+    run_id: str | None = None
+
+    def to_dict(self) -> dict:
+        """As JSON (what a preview job stores); the parts a preview without pruning lacks are left out."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if v is not None or k in ("model", "settings", "judge")}
 
 
 def _measure(loaded: LoadedModel, harmful, benign, utility_pairs, *, max_new_tokens: int, batch_size: int,
-             progress: Progress | None, phase: str) -> tuple[SafetyReport, dict | None]:
+             judge, progress: Progress | None, phase: str) -> tuple[SafetyReport, dict | None]:
     def tagged(name):
         return (lambda p, d, t: progress(f"{phase}: {name}", d, t)) if progress else None
 
     safety = evaluate_safety(loaded, harmful, benign, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                             progress=tagged("generating"))
+                             judge=judge, progress=tagged("generating"))
     util = None
     if utility_pairs:
         util = utility(loaded, utility_pairs, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -36,45 +103,84 @@ def _measure(loaded: LoadedModel, harmful, benign, utility_pairs, *, max_new_tok
     return safety, util
 
 
-def summary(safety: SafetyReport, util: dict | None) -> dict:
-    return {"asr": safety.asr, "over_refusal": safety.over_refusal, "degenerate_rate": safety.degenerate_rate,
-            "per_set": {s.name: {"asr": s.asr, "refusal_rate": s.refusal_rate, "degenerate_rate": s.degenerate_rate,
-                                 "n": s.n} for s in [*safety.harmful, *safety.benign]},
-            "utility_exact_match": util["exact_match"] if util else None,
-            "utility_nll": util["nll"] if util else None}
-
-
 def preview(loaded: LoadedModel, harmful: Mapping[str, Sequence[str]], benign: Mapping[str, Sequence[str]], *,
             run: RunFolder | None = None, selection: pd.DataFrame | None = None, label: str = "",
             utility_pairs: Sequence[Pair] = (), max_new_tokens: int = 64, batch_size: int = 8,
-            progress: Progress | None = None) -> dict:
-    """Baseline metrics, and with a selection also the pruned model's, with the generations side by side."""
-    result: dict = {"model": loaded.spec, "settings": {"max_new_tokens": max_new_tokens, "decoding": "greedy"}}
+            judge: Judge | str = DEFAULT_JUDGE, controls: Sequence[tuple[int, pd.DataFrame]] = (),
+            progress: Progress | None = None) -> Preview:
+    """Baseline metrics, and with a selection also the pruned model's, with the generations side by side;
+    `controls` ((seed, random selection) pairs) are measured too and reported as a band beside the selection."""
+    judge = make_judge(judge) if isinstance(judge, str) else judge
+    described, warning = None, None
     if selection is not None:
         if run is None:
             raise ValueError("a selection needs the run it came from (for its channel means)")
         check_same_model(run.units, loaded.units)
-        result["selection"] = describe_selection(run.units, selection, label)
+        described = describe_selection(run.units, selection, label)
         run_hash = run.manifest.get("model", {}).get("content_hash")
         if run_hash and run_hash != content_hash(loaded.folder):
-            result["warning"] = ("the run was made on a model with the same shape but other weights; "
-                                 "its roles and means may not describe this model")
+            warning = ("the run was made on a model with the same shape but other weights; "
+                       "its roles and means may not describe this model")
     base, base_util = _measure(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress, phase="baseline")
-    result["baseline"] = summary(base, base_util)
-    result["judge"] = base.settings
+                               batch_size=batch_size, judge=judge, progress=progress, phase="baseline")
+    result = Preview(model=loaded.spec, settings={"max_new_tokens": max_new_tokens, "decoding": "greedy"},
+                     judge=base.settings, baseline=Measures.of(base, base_util), generations=[],
+                     selection=described, warning=warning)
     if selection is None:
-        result["generations"] = [{"set": s.name, "kind": "harmful" if s.harmful else "benign", "prompt": r.prompt,
-                                  "baseline": {"reply": r.reply, "verdict": r.verdict}}
-                                 for s in [*base.harmful, *base.benign] for r in s.rows]
+        result.generations = [{"set": s.name, "kind": "harmful" if s.harmful else "benign", "prompt": r.prompt,
+                               "baseline": _side(r)}
+                              for s in [*base.harmful, *base.benign] for r in s.rows]
         return result
     with prune(loaded, selection, run.means, tokens=run.tokens):
         pruned, pruned_util = _measure(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, progress=progress, phase="pruned")
-    result["pruned"] = summary(pruned, pruned_util)
-    result["generations"] = [
+                                       batch_size=batch_size, judge=judge, progress=progress, phase="pruned")
+    result.pruned = Measures.of(pruned, pruned_util)
+    result.changes = paired_changes(base, pruned)
+    measured = []
+    for i, (seed, control) in enumerate(controls):
+        with prune(loaded, control, run.means, tokens=run.tokens):
+            report, report_util = _measure(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, judge=judge, progress=progress,
+                                           phase=f"control {i + 1}/{len(controls)}")
+        measured.append((seed, control, Measures.of(report, report_util)))
+    if measured:
+        result.controls = control_band(run.units, measured)
+    result.generations = [
         {"set": b.name, "kind": "harmful" if b.harmful else "benign", "prompt": rb.prompt,
-         "baseline": {"reply": rb.reply, "verdict": rb.verdict}, "pruned": {"reply": rp.reply, "verdict": rp.verdict}}
+         "baseline": _side(rb), "pruned": _side(rp)}
         for b, p in zip([*base.harmful, *base.benign], [*pruned.harmful, *pruned.benign])
         for rb, rp in zip(b.rows, p.rows)]
     return result
+
+
+def _side(row) -> dict:
+    return {"reply": row.reply, "verdict": row.verdict, "reason": row.reason}
+
+
+def paired_changes(before: SafetyReport, after: SafetyReport) -> dict:
+    """How each headline rate changed on the same prompts: the prompts that moved each way, and the exact
+    McNemar p-value of the change (small: unlikely to be chance)."""
+    def outcomes(report: SafetyReport, sets: str, verdict: str) -> list[bool]:
+        return [r.verdict == verdict for s in getattr(report, sets) for r in s.rows]
+
+    headline = {"asr": ("harmful", "complied"), "over_refusal": ("benign", "refused")}
+    out = {name: paired_change(outcomes(before, sets, v), outcomes(after, sets, v))
+           for name, (sets, v) in headline.items()}
+    for name, verdict in (("off_topic", "off-topic"), ("degenerate", "degenerate")):
+        out[name] = paired_change(outcomes(before, "harmful", verdict) + outcomes(before, "benign", verdict),
+                                  outcomes(after, "harmful", verdict) + outcomes(after, "benign", verdict))
+    return out
+
+
+def control_band(units: pd.DataFrame, measured: Sequence[tuple[int, pd.DataFrame, Measures]]) -> dict:
+    """Random controls as a band: each headline rate's mean, lowest and highest over the seeds, and each seed's
+    own counts."""
+    band = {}
+    for key in ("asr", "over_refusal", "off_topic", "degenerate"):
+        rates = [m.counts[key]["rate"] for _, _, m in measured if m.counts[key]["rate"] is not None]
+        band[key] = ({"mean": sum(rates) / len(rates), "min": min(rates), "max": max(rates)} if rates
+                     else {"mean": None, "min": None, "max": None})
+    first = measured[0][1]
+    return {"seeds": [seed for seed, _, _ in measured],
+            "selection": asdict(describe_selection(units, first, f"random ({len(measured)} seeds)")),
+            "band": band, "per_seed": [{"seed": seed, "counts": m.counts} for seed, _, m in measured]}

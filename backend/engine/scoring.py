@@ -7,19 +7,19 @@ z-scored within each layer and module type; a head's z is the mean of its channe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import Pair
+from backend.constants import Progress
+
 from .chat import EncodedPair, count_mask, encode_pairs
+from .data import Pair
 from .models import LoadedModel
 from .units import Block
-
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 @dataclass

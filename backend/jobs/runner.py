@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
-from backend.store.tables import utcnow
-from backend.store.queue import fail_running
 from backend.store.folders import RunFolders
+from backend.store.queue import fail_running
+from backend.store.tables import utcnow
 
 log = logging.getLogger("ssah.jobs")
 
@@ -159,18 +159,6 @@ class SupervisedRunner:
         slot.next_start = time.monotonic() + (min(60.0, 2.0 ** slot.quick_deaths) if quick else 0.0)
         if time.monotonic() >= slot.next_start:
             self._spawn(slot)
-
-
-def make_runner(settings: Settings) -> Runner:
-    if settings.runner == "local":
-        from .local import LocalRunner
-
-        return LocalRunner(settings)
-    if settings.runner == "ray":
-        from .ray_runner import RayRunner
-
-        return RayRunner(settings)
-    return NullRunner()
 
 
 def recover_lost_jobs(sessions: sessionmaker[Session], folders: RunFolders, lost_after_s: float) -> list[str]:

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from backend.engine.data import DataError, Pair
 from backend.engine.chat import EncodedPair, count_mask, encode_pairs, plain_text_rows
+from backend.engine.data import DataError, Pair
 from backend.engine.interventions import InterventionError
-from backend.engine.models import LoadedModel, save_folder
 from backend.engine.masks import check_masks, count_trainable
+from backend.engine.models import LoadedModel, save_folder
 from backend.engine.scoring import Progress, pad_batch
 
 IGNORE = -100  # label of tokens that do not count (prompt and padding)

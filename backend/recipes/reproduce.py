@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from backend.engine.data import load_pairs
-from backend.engine.models import LoadedModel
 from backend.engine import atomic
+from backend.engine.data import load_pairs, prompt_sets
+from backend.engine.models import LoadedModel
 from backend.engine.scoring import Progress
 
 GROUP_ROWS = (("SCU", "SCU"), ("UCU", "UCU"), ("RU", "RU"), ("random (SCU's mass)", "random"))
@@ -87,9 +87,8 @@ def measure(loaded: LoadedModel, config: ReproConfig, progress: Progress | None 
     """ASR on AdvBench #1-100, refusals on everyday and alarming-benign prompts, degenerate rate, knowledge."""
     from backend.engine.evaluation import evaluate_safety, fact_accuracy
 
-    harmful = {"advbench-eval": [p.prompt for p in load_pairs("advbench-eval").pairs][:config.harmful_limit]}
-    benign = {name: [p.prompt for p in load_pairs(name).pairs][:config.benign_limit]
-              for name in ("benign-prompts", "alarming-benign")}
+    harmful = prompt_sets(["advbench-eval"], config.harmful_limit)
+    benign = prompt_sets(["benign-prompts", "alarming-benign"], config.benign_limit)
     report = evaluate_safety(loaded, harmful, benign, max_new_tokens=config.max_new_tokens,
                              batch_size=config.batch_size, progress=progress)
     return {"asr": report.asr, "over_refusal": report.over_refusal, "degenerate_rate": report.degenerate_rate,
@@ -130,11 +129,11 @@ def pruning_table(steps: Steps, config: ReproConfig) -> dict:
 
 def freeze_table(steps: Steps, config: ReproConfig) -> dict:
     """Table 2: benign fine-tuning of the aligned model, full or with SCU (+ CU) frozen; ASR before and after."""
-    from backend.recipes.finetune import FinetuneConfig, finetune, save_model
-    from backend.engine.masks import trainable_masks
-    from backend.engine.interventions import GroupSpec
     from backend.engine.attribution import load_run
+    from backend.engine.interventions import GroupSpec
+    from backend.engine.masks import trainable_masks
     from backend.engine.models import load_model
+    from backend.recipes.finetune import FinetuneConfig, finetune, save_model
 
     run = load_run(steps.work / "run-aligned")
     data = list(load_pairs(config.finetune_data).pairs)
@@ -343,3 +342,29 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
         out += [f"Step times (s, on {os.cpu_count()} CPU cores, each as measured when the step was computed): "
                 + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
     return "\n".join(out)
+
+
+def reproduce(config: ReproConfig, work: Path, out: Path, reports: dict[str, Path | None], command: str,
+              progress: Progress | None = None) -> Path:
+    """The paper's tables on `config.aligned`, written to `out` as markdown after every section (a long run shows
+    what it has so far); steps are cached in `work` and resume. A `## Discussion` already in `out` is kept."""
+    from backend.engine.models import content_hash, resolve
+    from backend.recipes.align_eval import EVALUATION_CACHE_VERSION
+
+    budget = budget_section(reports)  # read first: a bad report is named before the work folder is made
+    identity = {"model": content_hash(resolve(config.aligned)), "settings": asdict(config),
+                "evaluation": EVALUATION_CACHE_VERSION}  # a judge or knowledge set changed since: measure again
+    steps = Steps(work, progress, identity)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(sections: dict) -> None:
+        text = markdown(sections, config, command, steps.timings)
+        old = out.read_text() if out.is_file() else ""  # read now: it may be edited during a long run
+        discussion = old[old.index("\n## Discussion") + 1:] if "\n## Discussion" in old else ""
+        atomic.write_text(out, text.rstrip("\n") + ("\n\n" + discussion if discussion else "\n"))
+
+    sections: dict = {"budget": budget}
+    for name, compute in (("pruning", pruning_table), ("freezing", freeze_table), ("transfer", transfer_section)):
+        sections[name] = compute(steps, config)
+        write(sections)
+    return out

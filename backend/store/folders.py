@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.engine import atomic
 from backend.engine.roles import RoleIndex
 
 if TYPE_CHECKING:
@@ -38,29 +40,22 @@ class RunFolders:
     def folder(self, name: str) -> Path:
         return self.root / name
 
-    def staging(self, run_id: str) -> Path:
-        """A new empty folder to write a run into before `publish`."""
-        return Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{run_id}-", dir=self.root))
-
-    def publish(self, staging: Path, run_id: str) -> str:
-        """Rename a complete staging folder into place; returns the folder's name."""
-        os.replace(staging, self.root / run_id)
-        return run_id
+    @contextmanager
+    def staged(self, run_id: str) -> Iterator[Path]:
+        """An empty folder to write a run into; renamed to the run's folder when the block ends without error."""
+        with atomic.staged_folder(self.root / run_id, prefix=f"{PARTIAL}{run_id}-") as staging:
+            yield staging
 
     def copy(self, source: str, run_id: str) -> str:
         """A complete copy of a published folder for another run (hard links where the disk allows)."""
-        staging = self.staging(run_id)
-        try:
+        with self.staged(run_id) as staging:
             for path in self.folder(source).iterdir():
                 if path.is_file():
                     try:
                         os.link(path, staging / path.name)
                     except OSError:
                         shutil.copy2(path, staging / path.name)
-            return self.publish(staging, run_id)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        return run_id
 
     def encoded(self, name: str, fmt: str, table: "pd.DataFrame") -> Path | None:
         """A run's units as CSV or JSON records, encoded once and kept beside units.parquet as a hidden file
@@ -68,23 +63,16 @@ class RunFolders:
         path = self.folder(name) / f".units.{fmt}"
         if path.is_file():
             return path
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        text = units_text(table, fmt)
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            atomic.write_text(path, units_text(table, fmt))
         except OSError:
-            tmp.unlink(missing_ok=True)
             return None
         return path
 
     def remove(self, name: str | None) -> None:
         """Delete a run folder: renamed away first, so it is never seen half deleted."""
-        if not name or not self.folder(name).exists():
-            return
-        trash = Path(tempfile.mkdtemp(prefix=TRASH, dir=self.root))
-        os.replace(self.folder(name), trash / name)
-        shutil.rmtree(trash, ignore_errors=True)
+        if name:
+            atomic.remove_folder(self.folder(name), TRASH)
 
     def clean_partials(self, run_ids: set[str] | None = None, *, keep: set[str] = frozenset()) -> list[Path]:
         """Remove leftovers of interrupted writes: staging folders of `run_ids` (all when None) except those of

@@ -15,7 +15,8 @@ from backend.settings import Settings
 
 API = "/api/v1"
 TERMINAL = ("succeeded", "failed", "cancelled")
-BIG = 3000  # pairs in big.jsonl: with batch_size 1 an attribution runs long enough to cancel or kill mid-job
+BIG = 200  # pairs in big.jsonl: with batch_size 1 an attribution reports its progress many times
+PAUSE_AT = "forward"  # a service made with pause_at=PAUSE_AT holds every job at its first forward batch
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,16 @@ def run_body(roots: Roots, **fields) -> dict:
             "batch_size": 4} | fields
 
 
-def slow_body(roots: Roots, **fields) -> dict:
-    """An attribution of a few thousand single-pair batches: many seconds, with a progress report per batch."""
-    return run_body(roots, safety="big.jsonl", utility="big.jsonl", samples=BIG, batch_size=1) | fields
+def wait_paused(client: TestClient, path: str, timeout: float = 300) -> dict:
+    """Wait for the explicit signal that a job is held mid-run (its phase says `paused at ...`): from then on it
+    cannot finish before the test kills its worker or cancels it."""
+    return wait(client, path, timeout=timeout, check=lambda b: b["phase"].startswith("paused at"))
+
+
+def release(settings: Settings, job_id: str) -> None:
+    """Let a job held at SSAH_PAUSE_AT go on (before or after it got there)."""
+    (settings.home / "release").mkdir(parents=True, exist_ok=True)
+    (settings.home / "release" / job_id).touch()
 
 
 def wait(client: TestClient, path: str, *, until: tuple[str, ...] = TERMINAL, timeout: float = 120,

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from backend.settings import Settings
 from backend.cli import build_parser
+from backend.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")

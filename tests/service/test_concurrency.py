@@ -1,6 +1,6 @@
 """50 concurrent clients against a real uvicorn server on 127.0.0.1 with its worker: reads of a finished
 tiny-model run (the run list, the run, its units, its roles) and preview requests all get an answer, 2xx or a 429
-with Retry-After once the queue is full, in bounded time. benchmarks/service.py runs the same mix, larger."""
+with Retry-After once the queue is full. How fast is for benchmarks/service.py, which runs the same mix, larger."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from servicekit import API, run_body, settings_in
+
+pytestmark = pytest.mark.slow  # a real uvicorn server under load
 
 CLIENTS = 50
 REQUESTS = 6  # per client: every kind of request at least once
@@ -42,7 +44,7 @@ def served(roots, tmp_path_factory):
 def test_fifty_concurrent_clients_all_get_answers(served):
     base, run, http = served
     preview_eval = {"harmful": ["harmful.jsonl"], "benign": ["benign.jsonl"], "limit": 1, "max_new_tokens": 4}
-    samples, wall = bench.load(base, run["id"], clients=CLIENTS, requests=REQUESTS, preview_eval=preview_eval)
+    samples, _ = bench.load(base, run["id"], clients=CLIENTS, requests=REQUESTS, preview_eval=preview_eval)
 
     assert len(samples) == CLIENTS * REQUESTS
     errors = [(s.kind, s.status) for s in samples if not s.ok]
@@ -50,7 +52,6 @@ def test_fifty_concurrent_clients_all_get_answers(served):
     assert {s.kind for s in samples} == set(bench.KINDS)
     previews = [s for s in samples if s.kind.startswith("POST")]
     assert {s.status for s in previews} <= {202, 429} and sum(s.status == 202 for s in previews) >= 1
-    assert wall < 60, f"{len(samples)} requests took {wall:.1f} s"
 
     queued = http.get("/jobs", params={"kind": "preview", "limit": 1000}).json()
     assert queued["count"] == sum(s.status == 202 for s in previews)  # every 202 is a job, every 429 is not

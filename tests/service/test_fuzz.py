@@ -16,13 +16,16 @@ from hypothesis import strategies as st
 from servicekit import API, run_body, settings_in
 
 from backend.api.app import create_app
+from backend.jobs.context import Context, ModelCache
+from backend.jobs.worker import run_job
 from backend.settings import Settings
-from backend.jobs.worker import Context, ModelCache, run_job
-from backend.store.queue import claim
 from backend.store.folders import RunFolders
+from backend.store.queue import claim
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
+
+pytestmark = pytest.mark.slow  # schemathesis fuzzes every operation
 
 SEED = 20241010
 EXAMPLES = 15  # per operation and generation phase

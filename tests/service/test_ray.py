@@ -3,17 +3,19 @@ killed in the middle of a job."""
 from __future__ import annotations
 
 import pytest
-from servicekit import API, run_body, serve, settings_in, slow_body, wait
+from servicekit import API, PAUSE_AT, release, run_body, serve, settings_in, wait, wait_paused
 
 ray = pytest.importorskip("ray")
 
 from backend.jobs.ray_runner import RayRunner, death_reason  # noqa: E402  (needs ray)
 
+pytestmark = pytest.mark.slow  # a local Ray cluster
+
 
 @pytest.fixture(scope="module")
 def service(roots, tmp_path_factory):
     """The app with the Ray runner; SSAH_RAY_ADDRESS unset, so the runner starts (and stops) a local Ray."""
-    settings = settings_in(tmp_path_factory.mktemp("ray"), roots, runner="ray", ray_local_cpus=2)
+    settings = settings_in(tmp_path_factory.mktemp("ray"), roots, runner="ray", ray_local_cpus=2, pause_at=PAUSE_AT)
     try:
         with serve(settings) as client:
             yield client, settings
@@ -29,6 +31,7 @@ def test_a_job_runs_end_to_end_on_a_ray_actor_and_can_be_cancelled(service, root
 
     accepted = client.post(f"{API}/runs", json=run_body(roots))
     assert accepted.status_code == 202, accepted.text
+    release(settings, accepted.json()["job_id"])
     seen = []
     # the bound includes the actor's start (importing torch in a fresh process: ~10 s on a quiet machine, ~50 s
     # on a loaded one), so it is generous; it is a deadline, not a timing
@@ -43,8 +46,8 @@ def test_a_job_runs_end_to_end_on_a_ray_actor_and_can_be_cancelled(service, root
     job = client.get(f"{API}/jobs/{done['job_id']}").json()
     assert job["attempts"] == 1 and client.get(f"{API}/health").json()["workers_alive"] == 1
 
-    slow = client.post(f"{API}/runs", json=slow_body(roots)).json()
-    wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=60)
+    slow = client.post(f"{API}/runs", json=run_body(roots, seed=2)).json()
+    wait_paused(client, f"{API}/runs/{slow['id']}")
     assert client.delete(f"{API}/runs/{slow['id']}").json()["status"] == "cancelling"
     final = wait(client, f"{API}/runs/{slow['id']}", timeout=30)
     assert final["status"] == "cancelled" and final["progress"] < 1
@@ -54,8 +57,8 @@ def test_a_job_runs_end_to_end_on_a_ray_actor_and_can_be_cancelled(service, root
 def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_takes_the_next(service, roots):
     client, settings = service
     runner = client.app.state.runner
-    slow = client.post(f"{API}/runs", json=slow_body(roots, seed=3)).json()
-    wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=300)
+    slow = client.post(f"{API}/runs", json=run_body(roots, seed=3)).json()
+    wait_paused(client, f"{API}/runs/{slow['id']}")
     (before,) = runner.health()["workers"]
     ray.kill(ray.get_actor(before["actor"], namespace=before["namespace"]))
 
@@ -66,6 +69,7 @@ def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_ta
     assert not [p for p in settings.runs_dir.iterdir() if p.name.startswith(".")]  # no half-written folder
 
     nxt = client.post(f"{API}/runs", json=run_body(roots, seed=4)).json()
+    release(settings, nxt["job_id"])
     done = wait(client, f"{API}/runs/{nxt['id']}", timeout=300)  # a new actor starts first
     assert done["status"] == "succeeded", done["error"]
     (after,) = runner.health()["workers"]

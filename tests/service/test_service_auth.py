@@ -8,10 +8,12 @@ import pytest
 from servicekit import API, run_body, serve, settings_in, wait
 from sqlalchemy import update
 
-from backend.settings import is_loopback
 from backend.cli import main
+from backend.settings import is_loopback
 from backend.store.tables import Token, utcnow
 from backend.store.tokens import hash_token
+
+pytestmark = pytest.mark.slow  # a served app with a spawned worker
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),

@@ -16,6 +16,8 @@ from backend.api.app import create_app
 from backend.engine.masks import load_masks
 from backend.engine.models import load_model
 
+pytestmark = pytest.mark.slow  # a served app with a spawned worker
+
 ROLES = ["SCU", "UCU", "CU", "RU"]
 
 

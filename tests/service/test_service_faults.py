@@ -5,17 +5,20 @@ import os
 import signal
 from datetime import timedelta
 
-from servicekit import API, run_body, serve, settings_in, slow_body, wait
+import pytest
+from servicekit import API, PAUSE_AT, release, run_body, serve, settings_in, wait, wait_paused
 
 from backend.store.tables import Job, Run, utcnow
 
+pytestmark = pytest.mark.slow  # kills spawned workers and restarts the app
+
 
 def test_a_killed_worker_fails_its_job_with_the_signal_and_a_new_worker_takes_the_next(roots, tmp_path):
-    settings = settings_in(tmp_path, roots)
+    settings = settings_in(tmp_path, roots, pause_at=PAUSE_AT)
     with serve(settings) as client:
         runner = client.app.state.runner
-        slow = client.post(f"{API}/runs", json=slow_body(roots)).json()
-        wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=60)
+        slow = client.post(f"{API}/runs", json=run_body(roots)).json()
+        wait_paused(client, f"{API}/runs/{slow['id']}")
         (worker,) = runner.health()["workers"]
         os.kill(worker["pid"], signal.SIGKILL)
 
@@ -26,7 +29,9 @@ def test_a_killed_worker_fails_its_job_with_the_signal_and_a_new_worker_takes_th
         assert job["status"] == "failed" and job["error"] == failed["error"]
         assert not [p for p in settings.runs_dir.iterdir() if p.name.startswith(".")]  # no half-written folder
 
-        done = wait(client, f"{API}/runs/{client.post(f'{API}/runs', json=run_body(roots)).json()['id']}")
+        nxt = client.post(f"{API}/runs", json=run_body(roots, seed=1)).json()
+        release(settings, nxt["job_id"])
+        done = wait(client, f"{API}/runs/{nxt['id']}")
         assert done["status"] == "succeeded", done["error"]
         (restarted,) = runner.health()["workers"]
         assert restarted["alive"] and restarted["pid"] != worker["pid"] and restarted["restarts"] == 1
@@ -40,7 +45,7 @@ def test_a_killed_worker_fails_its_job_with_the_signal_and_a_new_worker_takes_th
                         heartbeat_at=utcnow() - timedelta(hours=1)))
 
     # ... and after a restart (a new app on the same database and results) everything is still there.
-    with serve(settings.model_copy(update={"runner": "none"})) as client:
+    with serve(settings.model_copy(update={"runner": "none", "pause_at": ""})) as client:
         runs = {r["id"]: r for r in client.get(f"{API}/runs").json()["data"]}
         assert runs[slow["id"]]["status"] == "failed" and "SIGKILL" in runs[slow["id"]]["error"]
         assert runs[done["id"]]["status"] == "succeeded"

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from servicekit import API, bad_fields, run_body, serve, settings_in, slow_body, wait
+from contract import check_run_folder
+from servicekit import API, PAUSE_AT, bad_fields, release, run_body, serve, settings_in, wait, wait_paused
 
-CHECKER = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_run_folder.py"
+pytestmark = pytest.mark.slow  # a served app with a spawned worker
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +62,10 @@ def test_a_run_reports_progress_by_phase_and_writes_a_contract_run_folder(client
     assert manifest["datasets"]["safety"]["samples"] == 150 and manifest["model"]["architecture"] == "llama"
     folder = runs_dir / final["id"]
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "means.safetensors", "units.parquet"]
-    if CHECKER.exists():
-        done = subprocess.run([sys.executable, str(CHECKER), str(folder)], capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_finished_run_folder_passes_the_contract_checker(run, runs_dir):
+    check_run_folder(runs_dir / run["id"])
 
 
 def test_server_sent_events_follow_a_job_to_its_end(client, roots):
@@ -235,22 +235,29 @@ def test_the_same_request_is_answered_from_the_cache_at_once(client, roots, run,
     assert not other["cached"] and other["status"] == "queued"
 
 
-def test_cancelling_stops_a_running_run_and_a_queued_job_and_writes_nothing(client, roots, run, runs_dir):
-    slow = client.post(f"{API}/runs", json=slow_body(roots)).json()
-    wait(client, f"{API}/runs/{slow['id']}", check=lambda b: b["phase"].startswith("forward"), timeout=60)
-    queued = client.post(f"{API}/runs/{run['id']}/previews", json={"eval": eval_body()}).json()
-    cancelled = client.delete(f"{API}/jobs/{queued['id']}")
-    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert client.get(f"{API}/jobs/{queued['id']}").json()["status"] == "cancelled"
+def test_cancelling_stops_a_running_run_and_a_queued_job_and_writes_nothing(roots, tmp_path):
+    settings = settings_in(tmp_path, roots, pause_at=PAUSE_AT)
+    runs_dir = settings.runs_dir
+    with serve(settings) as client:
+        first = client.post(f"{API}/runs", json=run_body(roots)).json()
+        release(settings, first["job_id"])
+        run = wait(client, f"{API}/runs/{first['id']}")
+        assert run["status"] == "succeeded", run["error"]
+        slow = client.post(f"{API}/runs", json=run_body(roots, seed=1)).json()
+        wait_paused(client, f"{API}/runs/{slow['id']}")  # held: the worker is busy with it
+        queued = client.post(f"{API}/runs/{run['id']}/previews", json={"eval": eval_body()}).json()
+        cancelled = client.delete(f"{API}/jobs/{queued['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert client.get(f"{API}/jobs/{queued['id']}").json()["status"] == "cancelled"
 
-    stopping = client.delete(f"{API}/runs/{slow['id']}")
-    assert stopping.status_code == 202 and stopping.json()["status"] == "cancelling"
-    final = wait(client, f"{API}/runs/{slow['id']}", timeout=30)
-    assert final["status"] == "cancelled" and final["progress"] < 1
-    assert not (runs_dir / slow["id"]).exists()
-    assert not [p for p in runs_dir.iterdir() if p.name.startswith(".")]
-    assert client.get(f"{API}/runs/{slow['id']}/units").status_code == 409
-    assert client.delete(f"{API}/jobs/{slow['job_id']}").status_code == 409  # it has ended
+        stopping = client.delete(f"{API}/runs/{slow['id']}")
+        assert stopping.status_code == 202 and stopping.json()["status"] == "cancelling"
+        final = wait(client, f"{API}/runs/{slow['id']}", timeout=30)
+        assert final["status"] == "cancelled" and final["progress"] < 1
+        assert not (runs_dir / slow["id"]).exists()
+        assert not [p for p in runs_dir.iterdir() if p.name.startswith(".")]
+        assert client.get(f"{API}/runs/{slow['id']}/units").status_code == 409
+        assert client.delete(f"{API}/jobs/{slow['job_id']}").status_code == 409  # it has ended
 
 
 def test_deleting_a_finished_run_removes_it_and_its_folder(client, roots, runs_dir):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from reference import classify as reference_classify
 from servicekit import API, serve, settings_in
 
 from backend.engine.roles import RoleIndex, Thresholds, role_summary
 from backend.store.tables import Run
-from reference import classify as reference_classify
 
 LAYERS, MLP, HEADS = 40, 11_500, 40  # 461,600 units, the size of a 13B model's map
 

@@ -6,9 +6,9 @@ import signal
 import threading
 from pathlib import Path
 
-from backend.settings import Settings
+from backend.jobs.context import PhasePlan
 from backend.jobs.local import describe_exit
-from backend.jobs.worker import PhasePlan
+from backend.settings import Settings
 from backend.store import queue
 from backend.store.db import make_engine, session_factory
 from backend.store.tables import Job

@@ -18,6 +18,7 @@ from uikit import browser, free_port, poll_json, serve_stack
 
 from backend.settings import Settings
 
+
 def _write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
 

@@ -11,8 +11,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from uikit import browser, chromium_available, screenshot, wait_until
 
-pytestmark = pytest.mark.skipif(not chromium_available(), reason="headless Chromium is not installed "
-                                                                  "(apt-get install chromium chromium-driver)")
+pytestmark = [pytest.mark.slow,  # a served app, a spawned worker and a browser
+              pytest.mark.skipif(not chromium_available(),
+                                 reason="headless Chromium is not installed (apt-get install chromium chromium-driver)")]
 
 
 def page(service, path: str, token: str | None = None, **query) -> str:
@@ -138,7 +139,7 @@ def test_pruning_a_group_previews_refusal_with_verdicts_side_by_side(service, to
     assert "SCU,UCU" in selection and "reference" in selection
     badges = driver.find_elements(By.CSS_SELECTOR, "#iv-generations .verdict")
     assert len(badges) == 2 * 4  # 2 harmful + 2 benign prompts, baseline and pruned
-    assert {b.text.lower() for b in badges} <= {"refused", "complied", "degenerate"}
+    assert {b.text.split()[0].lower() for b in badges} <= {"refused", "complied", "off-topic", "degenerate"}
     assert query_of(driver).get("job")  # the result is part of the view: a link reopens it
     screenshot(driver, "intervene-preview")
     driver.refresh()

@@ -6,10 +6,10 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from backend.store.tables import Run
 
+from ..actions import finished_units
 from ..checks import bad_field
 from ..deps import CallerDep, FoldersDep, SessionDep, UnitsDep
 from ..schemas import CompareOut
-from .runs import finished_units
 
 router = APIRouter(tags=["runs"])
 

@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
-from backend.store import queue
 from backend.store.tables import TERMINAL, Job
 
+from ..actions import stop_job
 from ..deps import CallerDep, JobDep, RunnerDep, SessionDep, WriterDep
 from ..schemas import Deleted, JobList, JobOut, Status
 
@@ -29,10 +29,11 @@ def job_out(job: Job) -> JobOut:
 
 
 def _public(request: dict) -> dict:
-    """A job's request as the user gave it: without the server paths the worker loads sets from."""
-    out = {k: v for k, v in request.items() if k != "paths"}
-    if isinstance(out.get("eval"), dict):
-        out["eval"] = {k: v for k, v in out["eval"].items() if k != "paths"}
+    """A job's request as the user gave it: without the server paths the worker reads sets from."""
+    out = {k: v for k, v in request.items() if k not in ("paths", "data_path")}
+    for part in ("sets", "check", "eval"):
+        if isinstance(out.get(part), dict):
+            out[part] = {k: v for k, v in out[part].items() if k != "paths"}
     return out
 
 
@@ -57,16 +58,6 @@ def list_jobs(session: SessionDep, caller: CallerDep, run_id: str | None = None,
 @router.get("/{job_id}", response_model=JobOut)
 def read_job(job: JobDep) -> JobOut:
     return job_out(job)
-
-
-def stop_job(session, runner, job: Job, response: Response) -> str | None:
-    """Cancel a queued job, or ask a running one's worker to stop (and answer 202); None if it had ended."""
-    now = queue.cancel(session, job)
-    session.commit()
-    if now == "cancelling":
-        runner.cancel(job.id)
-        response.status_code = status.HTTP_202_ACCEPTED
-    return now
 
 
 @router.delete("/{job_id}", response_model=Deleted)

@@ -1,23 +1,32 @@
 """Runs: attribute a model, read its units and roles, and start previews and fine-tunes on it."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from backend.store import queue
+from backend.store.folders import units_text
 from backend.store.tables import ACTIVE, Job, Run, new_id
-from backend.store.folders import RunUnits, units_text
 
 from .. import checks
-from .jobs import stop_job
+from ..actions import check_room, finished_units, queue_job, stop_job, thresholds_of
 from ..deps import CallerDep, FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
-from ..schemas import (Accepted, AlignCreate, Deleted, FinetuneCreate, PreviewCreate, RolesOut, RunCreate, RunList,
-                       RunOut, Status)
-from backend.settings import Settings
+from ..schemas import (
+    Accepted,
+    AlignCreate,
+    Deleted,
+    FinetuneCreate,
+    PreviewCreate,
+    RolesOut,
+    RunCreate,
+    RunList,
+    RunOut,
+    Status,
+)
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 INTERNAL_SETTINGS = ("model_hash", "paths")  # what the worker needs, not what the user asked
@@ -32,20 +41,6 @@ def run_out(run: Run, job: Job | None, *, manifest: bool = True) -> RunOut:
                   manifest=run.manifest if manifest else None)
 
 
-def check_room(session: Session, settings: Settings) -> None:
-    """A full queue is a 429 with Retry-After, before anything is written."""
-    if queue.queued_count(session) >= settings.max_queued_jobs:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                            detail=f"the queue is full ({settings.max_queued_jobs} jobs waiting); try again later",
-                            headers={"Retry-After": str(settings.retry_after_s)})
-
-
-def finished_units(run: Run, folders: FoldersDep, units: UnitsDep) -> RunUnits:
-    """The cached units of a run that has succeeded (409 before that)."""
-    if run.status != "succeeded" or not run.result_dir:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run.id} is {run.status}; its units exist once it "
-                                                             "has succeeded")
-    return units.get(folders.folder(run.result_dir))
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
@@ -135,18 +130,6 @@ def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
     return Response(body, media_type=media, headers=headers)
 
 
-def thresholds_of(run: Run, h_ru: float | None, h_scu: float | None, h_ucu: float | None):
-    """The thresholds asked for, each defaulting to the run's own (422 when they do not fit together)."""
-    from backend.engine.roles import Thresholds
-
-    stored = run.settings.get("thresholds", {})
-    asked = {"h_ru": h_ru, "h_scu": h_scu, "h_ucu": h_ucu}
-    values = {k: v if v is not None else stored.get(k, Thresholds().as_dict()[k]) for k, v in asked.items()}
-    try:
-        return Thresholds(**values)
-    except ValueError as error:
-        raise checks.bad_field(("query", "h_ucu"), str(error)) from None
-
 
 def fraction():
     """A threshold in the query (each parameter needs its own Query: FastAPI names a shared one after its first
@@ -173,41 +156,40 @@ def read_masks(run: RunDep, folders: FoldersDep, units: UnitsDep,
     """Freeze masks for your own training code. `mode=freeze`: the entries the groups own stay fixed;
     `mode=train_only` (the alignment budget): only they train. Roles are taken at the thresholds given (default:
     the run's own). safetensors holds one int64 index tensor per owned (parameter, axis), keyed `param@axis`, with
-    the mode and all parameter shapes in its metadata (`backend.recipes.finetune.load_masks` makes dense masks);
+    the mode and all parameter shapes in its metadata (`backend.engine.masks.load_masks` makes dense masks);
     json holds the same."""
-    from backend.engine.masks import mask_plan
-    from backend.engine.interventions import GroupSpec, InterventionError
-    from backend.engine.roles import reclassify
+    from backend.engine.errors import ModelError
+    from backend.engine.interventions import InterventionError
+    from backend.verbs import UnitGroups, masks
 
     table = finished_units(run, folders, units).table
     thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
-    if thresholds.as_dict() != run.settings.get("thresholds"):
-        table = reclassify(table, thresholds)
     try:
-        spec = GroupSpec.parse(groups)
+        chosen = UnitGroups.parse(groups, seed=seed,
+                                  thresholds=None if thresholds.as_dict() == run.settings.get("thresholds")
+                                  else thresholds)
     except InterventionError as error:
         raise checks.bad_field(("query", "groups"), str(error)) from None
-    unit_map, shapes = checks.model_skeleton(run)
+    folder = ((run.manifest or {}).get("model") or {}).get("folder", "")
+    if not folder or not (Path(folder) / "config.json").is_file():
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"the model of run {run.id} ({folder}) is not on this "
+                                                             "server any more; masks need its config")
     try:
-        plan = mask_plan(unit_map, shapes, table, seed=seed,
-                         **{mode: spec})
+        plan = masks(folder, table, chosen, mode)
     except InterventionError as error:
         raise checks.bad_field(("query", "groups"), str(error)) from None
+    except (ModelError, OSError, ValueError) as error:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"the model of run {run.id} cannot be read: {error}") from None
     if not plan.owned:
         raise checks.bad_field(("query", "groups"), f"{groups!r} selects no unit of this run at these thresholds")
+    spec = chosen.spec
     name = f"masks-{run.id}-{mode}-{spec.label(seed).split(' ')[0].replace(',', '+').replace(':', '')}"
     if format == "json":
         return JSONResponse(plan.to_json(), headers={"Content-Disposition": f'attachment; filename="{name}.json"'})
     return Response(plan.to_bytes(), media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{name}.safetensors"'})
 
-
-def queue_job(session: Session, settings: Settings, runner, kind: str, run: Run, request: dict) -> Accepted:
-    check_room(session, settings)
-    job = queue.enqueue_job(session, kind, run.id, request)
-    session.commit()
-    runner.notify()
-    return Accepted(id=job.id, status=job.status, job_id=job.id)
 
 
 @router.post("/{run_id}/previews", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)

@@ -1,0 +1,61 @@
+"""What several routes do alike: refuse work when the queue is full, queue a job, stop one, read a finished run's
+units, and take role thresholds from a query."""
+from __future__ import annotations
+
+from fastapi import HTTPException, Response, status
+from sqlalchemy.orm import Session
+
+from backend.settings import Settings
+from backend.store import queue
+from backend.store.folders import RunFolders, RunUnits, UnitsCache
+from backend.store.tables import Job, Run
+
+from . import checks
+from .schemas import Accepted
+
+
+def check_room(session: Session, settings: Settings) -> None:
+    """A full queue is a 429 with Retry-After, before anything is written."""
+    if queue.queued_count(session) >= settings.max_queued_jobs:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            detail=f"the queue is full ({settings.max_queued_jobs} jobs waiting); try again later",
+                            headers={"Retry-After": str(settings.retry_after_s)})
+
+
+def finished_units(run: Run, folders: RunFolders, units: UnitsCache) -> RunUnits:
+    """The cached units of a run that has succeeded (409 before that)."""
+    if run.status != "succeeded" or not run.result_dir:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run.id} is {run.status}; its units exist once it "
+                                                             "has succeeded")
+    return units.get(folders.folder(run.result_dir))
+
+
+def queue_job(session: Session, settings: Settings, runner, kind: str, run: Run, request: dict) -> Accepted:
+    check_room(session, settings)
+    job = queue.enqueue_job(session, kind, run.id, request)
+    session.commit()
+    runner.notify()
+    return Accepted(id=job.id, status=job.status, job_id=job.id)
+
+
+def stop_job(session, runner, job: Job, response: Response) -> str | None:
+    """Cancel a queued job, or ask a running one's worker to stop (and answer 202); None if it had ended."""
+    now = queue.cancel(session, job)
+    session.commit()
+    if now == "cancelling":
+        runner.cancel(job.id)
+        response.status_code = status.HTTP_202_ACCEPTED
+    return now
+
+
+def thresholds_of(run: Run, h_ru: float | None, h_scu: float | None, h_ucu: float | None):
+    """The thresholds asked for, each defaulting to the run's own (422 when they do not fit together)."""
+    from backend.engine.roles import Thresholds
+
+    stored = run.settings.get("thresholds", {})
+    asked = {"h_ru": h_ru, "h_scu": h_scu, "h_ucu": h_ucu}
+    values = {k: v if v is not None else stored.get(k, Thresholds().as_dict()[k]) for k, v in asked.items()}
+    try:
+        return Thresholds(**values)
+    except ValueError as error:
+        raise checks.bad_field(("query", "h_ucu"), str(error)) from None

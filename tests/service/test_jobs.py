@@ -1,0 +1,41 @@
+"""A job as the worker runs it, in this process (no worker process is spawned): the request the API stored is
+rebuilt into the verb's request and run, and what the job publishes is what the REST API then serves."""
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from servicekit import API, run_body, settings_in
+
+from backend.api.app import create_app
+from backend.jobs.context import Context, ModelCache
+from backend.jobs.worker import run_job
+from backend.store.folders import RunFolders
+from backend.store.queue import claim
+
+
+def test_an_attribution_and_a_preview_run_through_the_workers_code(roots, tmp_path):
+    settings = settings_in(tmp_path, roots, runner="none")
+    client = TestClient(create_app(settings))
+    ctx = Context(settings, "cpu", ModelCache(1), client.app.state.sessions, RunFolders(settings.runs_dir))
+
+    accepted = client.post(f"{API}/runs", json=run_body(roots)).json()
+    run_job(ctx, claim(ctx.sessions, "test"))
+    run = client.get(f"{API}/runs/{accepted['id']}").json()
+    assert run["status"] == "succeeded", run["error"]
+    assert sorted(p.name for p in (settings.runs_dir / run["id"]).iterdir()) == \
+        ["manifest.json", "means.safetensors", "units.parquet"]
+
+    body = {"prune": {"groups": ["SCU"]}, "eval": {"harmful": ["harmful.jsonl"], "benign": ["benign.jsonl"],
+                                                    "limit": 2, "max_new_tokens": 6, "judge": "keyword"}}
+    preview = client.post(f"{API}/runs/{run['id']}/previews", json=body).json()
+    stored = client.get(f"{API}/jobs/{preview['id']}").json()["request"]
+    assert stored["prune"]["groups"] == ["SCU"] and "paths" not in stored["sets"]  # server paths stay private
+    run_job(ctx, claim(ctx.sessions, "test"))
+    job = client.get(f"{API}/jobs/{preview['id']}").json()
+    assert job["status"] == "succeeded", job["error"]
+    result = job["result"]
+    assert result["run_id"] == run["id"] and result["selection"]["label"] == "SCU"
+    assert result["judge"]["judge"] == "keyword" and len(result["generations"]) == 4
+    asr = result["pruned"]["counts"]["asr"]
+    assert asr["n"] == 2 and 0 <= asr["ci_low"] <= asr["rate"] <= asr["ci_high"] <= 1
+    assert set(result["changes"]) == {"asr", "over_refusal", "off_topic", "degenerate"}
+    assert all(side["reason"] for g in result["generations"] for side in (g["baseline"], g["pruned"]))
