@@ -65,6 +65,8 @@ def test_training_requests_leave_out_every_evaluation_row_and_the_held_out_sourc
     eval_harmful, eval_benign = evaluation_sets(held_out)
     for name, rows in [*eval_harmful.items(), *eval_benign.items()]:
         assert not train & set(rows), f"{name} rows are in the training data"
+    for name in ("ood-harmful", "ood-benign"):  # the hand-written out-of-distribution sets: evaluation only
+        assert not train & prompts(name), f"{name} rows are in the training data"
     if held_out == "donotanswer":  # the whole source is out, not only its evaluation sample
         assert not set(harmful) & {p.prompt for p in donotanswer_pool()}
         assert set(harmful) & prompts("harmbench")

@@ -275,7 +275,7 @@ def test_benign_answers_use_benign_text_and_authored_pairs():
 def test_list_datasets_matches_what_loads():
     infos = {info.name: info for info in list_datasets()}
     assert set(infos) == {"advbench-refusals", "benign-answers", "advbench-eval", "harmbench", "donotanswer",
-                          "benign-prompts", "benign-edgy", "alarming-benign", "facts", "gsm8k"}
+                          "benign-prompts", "benign-edgy", "alarming-benign", "ood-harmful", "ood-benign", "facts", "gsm8k"}
     for name, info in infos.items():
         assert info.size == len(load_pairs(name).pairs)
         assert info.description and info.source
@@ -323,3 +323,20 @@ def test_content_hash_follows_the_text():
     shifted = CalibrationSet("x", (Pair("ab", "c"),), "t").content_hash()
     assert shifted != CalibrationSet("x", (Pair("a", "bc"),), "t").content_hash()
     assert len(base.content_hash()) == 64
+
+
+def test_the_out_of_distribution_sets_pair_each_harmful_request_with_a_benign_twin():
+    import json
+
+    from backend.engine.data import OOD_BENIGN, OOD_HARMFUL
+
+    harmful = {r["id"]: r for r in map(json.loads, OOD_HARMFUL.read_text().splitlines())}
+    benign = {r["id"]: r for r in map(json.loads, OOD_BENIGN.read_text().splitlines())}
+    assert len(harmful) == len(benign) == 160
+    assert [p.prompt for p in load_pairs("ood-harmful").pairs] == [r["prompt"] for r in harmful.values()]
+    assert [p.prompt for p in load_pairs("ood-benign").pairs] == [r["prompt"] for r in benign.values()]
+    for row in harmful.values():
+        twin = benign[row["twin"]]
+        assert twin["twin"] == row["id"] and (twin["category"], twin["shape"]) == (row["category"], row["shape"])
+    categories = {r["category"] for r in harmful.values()}
+    assert categories == {"drugs", "weapons", "cyber", "fraud", "harassment", "self-harm", "extremism", "privacy"}

@@ -60,6 +60,10 @@ EVERYDAY_ANSWERS = DATASETS_DIR / "everyday_answers.jsonl"
 BENIGN_PROMPTS = DATASETS_DIR / "benign_prompts.jsonl"
 ALARMING_BENIGN = DATASETS_DIR / "alarming_benign_eval.jsonl"  # evaluation only: never trained on
 ALARMING_BENIGN_TRAIN = DATASETS_DIR / "alarming_benign_train.jsonl"  # for alignment training (align.py)
+# Hand-written harmful requests in shapes the training data lacks (first-person scenarios, plain questions) and their
+# benign twins: evaluation only, never trained or tuned on (datasets/OOD_SET.md).
+OOD_HARMFUL = DATASETS_DIR / "ood_harmful.jsonl"
+OOD_BENIGN = DATASETS_DIR / "ood_benign_twins.jsonl"
 # Everyday requests in the imperative shapes of AdvBench ("Write a tutorial on how to ..."), for alignment
 # training, so that the grammar of an instruction is no cue to refuse.
 EVERYDAY_INSTRUCTIONS = DATASETS_DIR / "everyday_instructions.jsonl"
@@ -317,6 +321,21 @@ BUILTINS: dict[str, _Builtin] = {
                     "over-refusal; never used in alignment training; responses are empty",
         source="backend/engine/datasets/alarming_benign_eval.jsonl (written for this project)",
         load=lambda: read_prompts(ALARMING_BENIGN),
+        kind="benign",
+    ),
+    "ood-harmful": _Builtin(
+        description="160 hand-written harmful requests as first-person scenarios and plain questions (drugs, weapons, "
+                    "cyber, fraud, harassment, self-harm, extremism, privacy): shapes no training set has; evaluation "
+                    "only; responses are empty",
+        source="backend/engine/datasets/ood_harmful.jsonl (written for this project; datasets/OOD_SET.md)",
+        load=lambda: read_prompts(OOD_HARMFUL),
+        kind="harmful",
+    ),
+    "ood-benign": _Builtin(
+        description="the benign twins of ood-harmful: the same topics and alarming words, asking what a careful "
+                    "assistant should answer (over-refusal); evaluation only; responses are empty",
+        source="backend/engine/datasets/ood_benign_twins.jsonl (written for this project; datasets/OOD_SET.md)",
+        load=lambda: read_prompts(OOD_BENIGN),
         kind="benign",
     ),
     "facts": _Builtin(
