@@ -632,13 +632,14 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
             "--out", str(results), "--full-report", str(reports["full"]), "--budget-report", str(reports["budget"]),
             "--lowrank-report", str(reports["lowrank"]), "--samples", "8", "--harmful-limit", "2",
             "--benign-limit", "2", "--max-new-tokens", "4",
-            "--finetune-steps", "2", "--quiet"]
+            "--finetune-steps", "2", "--control-seeds", "2", "--max-matched-steps", "4", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     text = results.read_text()
     for heading in ("## Table 1: pruning unit groups", "## Table 2: benign fine-tuning with frozen units",
                     "## The alignment budget", "## Role transfer after full benign fine-tuning"):
         assert heading in text
-    for row in ("| SCU |", "| UCU |", "| RU |", "| random (SCU's mass) |", "| freeze SCU + top 6% of CU |",
+    for row in ("| SCU |", "| UCU |", "| RU |", "| random, 2 seeds |", "| freeze SCU + top 6% of CU |",
+                "| freeze random units (SCU + 6% CU's mass) |",
                 "| budget |", "| full, as a DARE delta keeping 50% of entries |", "| lowrank (rank 2) |"):
         assert row in text, row
     assert text.rstrip().endswith("What the numbers mean, written by hand.")

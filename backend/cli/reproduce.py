@@ -24,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive("--max-new-tokens", 4096), default=48)
     p.add_argument("--finetune-steps", type=positive("--finetune-steps", 100_000), default=100)
     p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--control-seeds", type=positive("--control-seeds", 100), default=5,
+                   help="random controls of SCU's mass in Table 1 (a band over this many seeds)")
+    p.add_argument("--max-matched-steps", type=positive("--max-matched-steps", 100_000), default=1000,
+                   help="Table 2: a frozen fine-tune trains until its loss reaches the full one's, at most this long")
     p.set_defaults(handler=cmd_reproduce)
 
 
@@ -32,7 +36,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     config = ReproConfig(aligned=args.aligned, samples=args.samples, harmful_limit=args.harmful_limit,
                          benign_limit=args.benign_limit, max_new_tokens=args.max_new_tokens,
-                         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
+                         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
+                         control_seeds=args.control_seeds, max_matched_steps=args.max_matched_steps)
     command = "ssah " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ssah") else "ssah reproduce"
     reports = {"full": args.full_report, "budget": args.budget_report, "lowrank": args.lowrank_report}
     with progress_bar(args.quiet) as progress:

@@ -201,6 +201,18 @@ def evaluate_safety(loaded: LoadedModel, harmful_prompts: PromptSets, benign_pro
     return SafetyReport([r for r in reports if r.harmful], [r for r in reports if not r.harmful], settings)
 
 
+def rejudge(report: SafetyReport, judge: Judge | str) -> SafetyReport:
+    """The same replies judged by another judge (no generation): two judges side by side on identical text."""
+    judge = make_judge(judge) if isinstance(judge, str) else judge
+    sets = [*report.harmful, *report.benign]
+    rows = [(r, "harmful" if s.harmful else "benign") for s in sets for r in s.rows]
+    verdicts = iter(judge.judge([r.prompt for r, _ in rows], [r.reply for r, _ in rows], [k for _, k in rows]))
+    again = [SetReport(s.name, s.harmful, [Generation(r.prompt, r.reply, (v := next(verdicts)).verdict, v.reason)
+                                           for r in s.rows]) for s in sets]
+    settings = {**{k: v for k, v in report.settings.items() if k in ("max_new_tokens", "decoding")}, **judge.settings}
+    return SafetyReport([s for s in again if s.harmful], [s for s in again if not s.harmful], settings)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # First-token refusal
 

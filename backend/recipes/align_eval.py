@@ -24,7 +24,7 @@ def evaluation_sets(held_out: str, limit: int | None = None) -> tuple[dict, dict
     return harmful, benign
 
 
-EVALUATION_CACHE_VERSION = 2  # 2: `facts` grew to 318 pairs; sympathy phrases are no over-refusal
+EVALUATION_CACHE_VERSION = 3  # 2: `facts` grew to 318 pairs, sympathy is no over-refusal; 3: judge v2, counts
 
 
 def evaluate_alignment(loaded: LoadedModel, held_out: str = "harmbench", *, limit: int | None = None,

@@ -41,6 +41,8 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0
     warmup_steps: int = 0
     seed: int = 0
+    stop_at_loss: float | None = None  # stop early once the mean loss of the last `loss_window` steps is this low
+    loss_window: int = 10
 
     def __post_init__(self):
         def bad(name: str, rule: str):
@@ -60,6 +62,10 @@ class FinetuneConfig:
             bad("max_grad_norm", "a positive number or None")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             bad("warmup_steps", "an integer of at least 0")
+        if self.stop_at_loss is not None and not _finite(self.stop_at_loss):
+            bad("stop_at_loss", "a number or None")
+        if not isinstance(self.loss_window, int) or self.loss_window < 1:
+            bad("loss_window", "an integer of at least 1")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -317,11 +323,15 @@ def finetune(loaded: LoadedModel, pairs: Sequence[Pair], masks: dict[str, torch.
                     raise FloatingPointError(f"the loss became {losses[-1]} at step {step + 1}; lower lr")
                 if progress:
                     progress("fine-tuning", step + 1, config.steps)
+                if config.stop_at_loss is not None and len(losses) >= config.loss_window and \
+                        sum(losses[-config.loss_window:]) / config.loss_window <= config.stop_at_loss:
+                    break  # trained as far as the loss asked for
     finally:
         frozen.close()
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    return {"config": config.as_dict(), "loss": losses, "lr": lrs, "steps": config.steps,
+    return {"config": config.as_dict(), "loss": losses, "lr": lrs, "steps": len(losses),
+            "final_loss": sum(losses[-config.loss_window:]) / len(losses[-config.loss_window:]),
             "trainable_params": trainable_count, "frozen_params": frozen_count,
             "trainable_fraction": trainable_count / (trainable_count + frozen_count),
             "dtype": str(dtype).removeprefix("torch."), "samples": len(encoded), "skipped_empty": skipped, "tokens": tokens,
