@@ -21,6 +21,7 @@ from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
 from backend.store.folders import RunFolders, UnitsCache
 
+from .docs import serve_docs
 from .routes import catalog, compare, jobs, runs, shares, tokens
 
 API_PREFIX = "/api/v1"
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         finally:
             state.runner.stop()
 
-    app = FastAPI(title="ssah-dashboard", version="1", lifespan=lifespan,
+    app = FastAPI(title="ssah-dashboard", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Score, classify, prune and freeze the units of a causal LM (Superficial Safety "
                           "Alignment Hypothesis).")
     engine = make_engine(settings.database_url)
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     for module in (runs, jobs, shares, compare, tokens, catalog):
         app.include_router(module.router, prefix=API_PREFIX)
     no_such_route(app)
+    serve_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -69,6 +69,10 @@ def _prompts(default_tokens: int):
         p.add_argument("--benign", default="benign-prompts", help="benign prompt set(s), comma-separated")
         p.add_argument("--limit", type=positive("--limit", 10_000), default=20, help="first N prompts of each set")
         p.add_argument("--max-new-tokens", type=positive("--max-new-tokens", 4096), default=default_tokens)
+        p.add_argument("--judge", default=None, metavar="v2|keyword|hf:PATH",
+                       help="who reads the replies (default v2: refusal phrases, relevance to the prompt and "
+                            "degenerate text; keyword: the research judge, to set figures beside the paper's; hf:PATH: "
+                            "a local guard or classifier model folder)")
     return add
 
 

@@ -28,9 +28,6 @@ def register(sub) -> None:
     p.add_argument("--controls", type=int, default=0, metavar="N",
                    help="also prune N random sets of the pruned group's parameter mass, held at the same reference "
                         "(seeds after --seed), and show their rates as a band (5 is a fair control)")
-    p.add_argument("--judge", default=None, metavar="v2|keyword|hf:PATH",
-                   help="who reads the replies (default v2: refusals, relevance and degenerate text; keyword: the "
-                        "research judge, to set figures beside the paper's)")
     p.set_defaults(handler=cmd_evaluate)
 
 

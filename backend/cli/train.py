@@ -73,6 +73,8 @@ def register(sub) -> None:
                     help="evaluate on the first N prompts of each set (default: all)")
     al.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     al.add_argument("--max-new-tokens", type=positive("--max-new-tokens", 4096), default=48)
+    al.add_argument("--judge", default=None, metavar="v2|keyword|hf:PATH",
+                    help="who reads the evaluation's replies (default v2; keyword: the research judge)")
     al.set_defaults(handler=cmd_align)
 
 
@@ -83,7 +85,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if (args.freeze or args.train_only) and not args.run:
         raise ValueError("--freeze and --train-only need --run (the run folder of this model)")
     check = EvalSets(harmful=tuple(set_names(args.harmful)), benign=tuple(set_names(args.benign)), limit=args.limit,
-                     max_new_tokens=args.max_new_tokens)
+                     max_new_tokens=args.max_new_tokens, judge=args.judge)
     request = FinetuneRequest(
         model=args.model, data=args.data, steps=args.steps, out=args.out, run=args.run,
         freeze=UnitGroups.parse(args.freeze, seed=args.seed) if args.freeze else None,
@@ -122,7 +124,8 @@ def cmd_align(args: argparse.Namespace) -> int:
                          anchor=args.anchor, limit=args.train_limit)
     delta = DeltaForm(args.delta, bits=args.delta_bits, keep=args.delta_keep) if args.delta else None
     request = AlignRequest(model=args.model, out=args.out, config=config, evaluate=not args.no_eval,
-                           eval_limit=args.limit, max_new_tokens=args.max_new_tokens, delta=delta, device=args.device)
+                           eval_limit=args.limit, max_new_tokens=args.max_new_tokens, judge=args.judge, delta=delta,
+                           device=args.device)
     with progress_bar(args.quiet) as progress:
         report = align(request, progress=progress)
     if args.json:

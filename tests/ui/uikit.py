@@ -63,8 +63,9 @@ def chromium_available() -> bool:
 
 
 @contextmanager
-def browser(width: int = 1400, height: int = 1000) -> Iterator:
-    """Headless Chromium with a fresh profile and no network besides loopback."""
+def browser(width: int = 1400, height: int = 1000, offline: bool = False) -> Iterator:
+    """Headless Chromium with a fresh profile and no network besides loopback; `offline`: no host name but
+    localhost resolves at all, as on a machine that cannot reach a CDN."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -77,6 +78,8 @@ def browser(width: int = 1400, height: int = 1000) -> Iterator:
                 f"--user-data-dir={profile}", f"--window-size={width},{height}", "--proxy-server=direct://",
                 "--proxy-bypass-list=*"):
         options.add_argument(arg)
+    if offline:
+        options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1, EXCLUDE localhost")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
