@@ -258,7 +258,93 @@ def evaluate(request: EvaluateRequest, *, models: Models | None = None, progress
     loaded = (models or Models()).get(r.model, device=r.device, dtype=r.dtype)
     return preview(loaded, harmful, benign, run=run, selection=selection, label=r.prune.label if r.prune else "",
                    utility_pairs=utility_pairs, max_new_tokens=r.sets.max_new_tokens, batch_size=r.sets.batch_size,
-                   judge=r.sets.judge_spec, controls=controls, progress=progress)
+                   judge=r.sets.judge_spec, controls=controls, baseline_cache=baseline_cache(), progress=progress)
+
+
+def baseline_cache():
+    """Where the unpruned replies of every preview and sweep are kept (SSAH_HOME/generations)."""
+    from backend.engine.models import ssah_home
+
+    return ssah_home() / "generations"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sweep and estimate
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """One role group pruned at growing parameter fractions (its threshold; CU: its top fraction), all in one
+    job that loads the model once and generates the unpruned replies once; `controls` adds a random set of each
+    point's mass at the same reference."""
+
+    model: str
+    run: str
+    group: str = "SCU"
+    fractions: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05)
+    sets: EvalSets = EvalSets()
+    thresholds: Thresholds | None = None  # the other roles' thresholds (default: the run's)
+    reference: str | None = None
+    controls: bool = False
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+
+    to_dict = asdict
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SweepRequest:
+        return _record(cls, data)
+
+
+def sweep(request: SweepRequest, *, models: Models | None = None, progress: Progress | None = None):
+    from backend.engine.attribution import load_run
+    from backend.engine.sweep import sweep as run_sweep
+
+    r = request
+    run = load_run(r.run)
+    harmful, benign, _ = r.sets.prompts()
+    if progress:
+        progress("loading model", 0, 1)
+    loaded = (models or Models()).get(r.model, device=r.device, dtype=r.dtype)
+    return run_sweep(loaded, run, r.group, r.fractions, harmful, benign, thresholds=r.thresholds,
+                     reference=r.reference, controls=r.controls, seed=r.seed, max_new_tokens=r.sets.max_new_tokens,
+                     batch_size=r.sets.batch_size, judge=r.sets.judge_spec, baseline_cache=baseline_cache(),
+                     progress=progress)
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """The first-token refusal probe of the same selection and prompts as a preview (one forward pass each way):
+    an estimate to show while the preview's replies are generated."""
+
+    model: str
+    run: str | None = None
+    prune: UnitGroups | None = None
+    sets: EvalSets = EvalSets()
+    device: str = "auto"
+    dtype: str = "auto"
+
+    to_dict = asdict
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EstimateRequest:
+        return _record(cls, data)
+
+
+def estimate(request: EstimateRequest, *, models: Models | None = None, progress: Progress | None = None) -> dict:
+    from backend.engine.attribution import load_run
+    from backend.engine.preview import refusal_estimate
+
+    r = request
+    run = load_run(r.run) if r.run else None
+    harmful, benign, _ = r.sets.prompts()
+    selection = r.prune.choose(run.units) if r.prune is not None and run is not None else None
+    loaded = (models or Models()).get(r.model, device=r.device, dtype=r.dtype)
+    if progress:
+        progress("probing first tokens", 0, 1)
+    every = [[p for ps in sets.values() for p in ps] for sets in (harmful, benign)]
+    return refusal_estimate(loaded, *every, run=run, selection=selection, batch_size=r.sets.batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -636,6 +722,8 @@ def compare(run_a: str | Path, run_b: str | Path):
 
 
 NESTED = {("EvaluateRequest", "prune"): UnitGroups, ("EvaluateRequest", "sets"): EvalSets,
+          ("SweepRequest", "sets"): EvalSets, ("SweepRequest", "thresholds"): Thresholds,
+          ("EstimateRequest", "prune"): UnitGroups, ("EstimateRequest", "sets"): EvalSets,
           ("FinetuneRequest", "freeze"): UnitGroups, ("FinetuneRequest", "train_only"): UnitGroups,
           ("FinetuneRequest", "check"): EvalSets, ("AlignRequest", "delta"): DeltaForm,
           ("UnitGroups", "thresholds"): Thresholds, ("AttributeRequest", "thresholds"): Thresholds}

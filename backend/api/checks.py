@@ -15,7 +15,16 @@ from fastapi import HTTPException
 
 from backend.settings import Settings
 
-from .schemas import AlignCreate, EvalIn, FinetuneCreate, PreviewCreate, RunCreate, UnitGroups
+from .schemas import (
+    AlignCreate,
+    EstimateCreate,
+    EvalIn,
+    FinetuneCreate,
+    PreviewCreate,
+    RunCreate,
+    SweepCreate,
+    UnitGroups,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -180,6 +189,33 @@ def check_preview(body: PreviewCreate, units, settings: Settings) -> dict:
     and folder, its device)."""
     return {"prune": asdict(unit_groups(body.prune, units, ("body", "prune"))) if body.prune else None,
             "sets": asdict(eval_sets(body.eval, settings, ("body", "eval"))), "controls": body.controls}
+
+
+def check_sweep(body: SweepCreate, units, settings: Settings) -> dict:
+    """The job request of a sweep (`verbs.SweepRequest` without the run's model and folder): every point tried on
+    the run's units."""
+    from backend.engine.interventions import InterventionError
+    from backend.engine.roles import Thresholds
+    from backend.engine.sweep import group_at
+
+    thresholds = Thresholds(**body.thresholds.model_dump()) if body.thresholds else None
+    for i, fraction in enumerate(body.fractions):
+        try:
+            chosen = group_at(units, thresholds or Thresholds(), body.group, fraction, body.reference)
+        except InterventionError as error:
+            raise bad_field(("body", "fractions", i), str(error)) from None
+        if chosen.empty:
+            raise bad_field(("body", "fractions", i), f"{body.group} at {fraction:g} selects no unit of this run")
+    return {"group": body.group, "fractions": body.fractions, "sets": asdict(eval_sets(body.eval, settings,
+                                                                                          ("body", "eval"))),
+            "thresholds": asdict(thresholds) if thresholds else None, "reference": body.reference,
+            "controls": body.controls, "seed": body.seed}
+
+
+def check_estimate(body: EstimateCreate, units, settings: Settings) -> dict:
+    """The job request of an estimate (`verbs.EstimateRequest` without the run's model and folder)."""
+    return {"prune": asdict(unit_groups(body.prune, units, ("body", "prune"))) if body.prune else None,
+            "sets": asdict(eval_sets(body.eval, settings, ("body", "eval")))}
 
 
 def check_finetune(body: FinetuneCreate, units, settings: Settings) -> dict:

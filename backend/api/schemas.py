@@ -156,6 +156,34 @@ class PreviewCreate(Strict):
         return self
 
 
+class SweepCreate(Strict):
+    """One role group pruned at growing fractions in one job (the unpruned replies generated once)."""
+
+    group: Role = "SCU"
+    fractions: list[float] = Field([0.0025, 0.005, 0.01, 0.02, 0.05], min_length=1, max_length=20,
+                                   description="the group's threshold (share of unit parameters) at each point; CU: "
+                                               "its top fraction")
+    eval: EvalIn = EvalIn()
+    reference: Reference | None = None
+    thresholds: ThresholdsIn | None = Field(None, description="the other roles' thresholds; default: the run's")
+    controls: bool = Field(False, description="also a random set of each point's mass at the same reference")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in fractions):
+            raise ValueError("every fraction must be in (0, 1]")
+        return sorted(set(fractions))
+
+
+class EstimateCreate(Strict):
+    """The first-token refusal probe of a preview's selection and prompts: an instant estimate."""
+
+    prune: PruneIn | None = None
+    eval: EvalIn = EvalIn()
+
+
 class FinetuneCreate(Strict):
     freeze: UnitGroups | None = Field(None, description="units kept fixed (e.g. SCU and the top of CU)")
     train_only: UnitGroups | None = Field(None, description="train only these units: the alignment budget")

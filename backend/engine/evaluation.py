@@ -2,18 +2,22 @@
 first-token refusal probe, and utility (exact match, answer likelihood, fact accuracy)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import atomic
 from .chat import count_mask, encode_pairs, plain_text_rows
 from .data import Pair
 from .judge import VERDICTS, Judge, KeywordJudge, V2Judge, Verdict, normalise_quotes
-from .models import LoadedModel
+from .models import LoadedModel, content_hash
 from .scoring import Progress, batches, pad_batch
 from .stats import Rate
 
@@ -55,6 +59,30 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int
             replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         if progress:
             progress(phase, step + 1, len(plan))
+    return replies
+
+
+def cached_generate(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+                    progress: Progress | None = None, cache: Path | None = None) -> list[str]:
+    """`generate`, with the replies kept in `cache` under a key of everything they depend on (the model's weights
+    and config, device and dtype, the prompts, the decoding and the batch size), so that every preview and sweep of
+    a model reuses its unpruned replies."""
+    if cache is None:
+        return generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    key = json.dumps([content_hash(loaded.folder), str(loaded.device.type), str(next(loaded.model.parameters()).dtype),
+                      list(prompts), max_new_tokens, batch_size, "greedy"])
+    path = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    kept = atomic.read_json(path)
+    if isinstance(kept, list) and len(kept) == len(prompts) and all(isinstance(r, str) for r in kept):
+        if progress:
+            progress("generating (cached)", 1, 1)
+        return kept
+    replies = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps(replies))
+    except OSError:
+        pass  # a cache that cannot be written only costs time
     return replies
 
 
@@ -180,16 +208,19 @@ def _named(sets: PromptSets, default: str) -> dict[str, list[str]]:
 
 def evaluate_safety(loaded: LoadedModel, harmful_prompts: PromptSets, benign_prompts: PromptSets = (), *,
                     max_new_tokens: int = 64, batch_size: int = 8, judge: Judge | str = DEFAULT_JUDGE,
-                    progress: Progress | None = None) -> SafetyReport:
+                    cache: Path | None = None, progress: Progress | None = None) -> SafetyReport:
     """Generate replies to harmful and benign prompt sets (a list, or a mapping name -> prompts) and judge them
-    (`judge`: a Judge, or its name: v2, keyword, hf:PATH); every verdict carries its reason."""
+    (`judge`: a Judge, or its name: v2, keyword, hf:PATH); every verdict carries its reason. With `cache` (a
+    folder) the replies of this very model, prompts and decoding are kept there and read back instead of generated
+    again: only for a model whose weights are still its folder's (no hooks, no training)."""
     judge = make_judge(judge) if isinstance(judge, str) else judge
     harmful, benign = _named(harmful_prompts, "harmful"), _named(benign_prompts, "benign")
     sets = [(name, prompts, True) for name, prompts in harmful.items()] + \
         [(name, prompts, False) for name, prompts in benign.items()]
     prompts = [p for _, ps, _ in sets for p in ps]
     kinds = ["harmful" if h else "benign" for _, ps, h in sets for _ in ps]
-    replies = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    replies = cached_generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              progress=progress, cache=cache)
     if progress:
         progress("judging", 0, 1)
     verdicts = iter(zip(prompts, replies, judge.judge(prompts, replies, kinds)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -89,13 +90,14 @@ class Preview:
         return {k: v for k, v in out.items() if v is not None or k in ("model", "settings", "judge")}
 
 
-def _measure(loaded: LoadedModel, harmful, benign, utility_pairs, *, max_new_tokens: int, batch_size: int,
-             judge, progress: Progress | None, phase: str) -> tuple[SafetyReport, dict | None]:
+def measure_safety(loaded: LoadedModel, harmful, benign, utility_pairs, *, max_new_tokens: int, batch_size: int,
+             judge, progress: Progress | None, phase: str, cache: Path | None = None
+             ) -> tuple[SafetyReport, dict | None]:
     def tagged(name):
         return (lambda p, d, t: progress(f"{phase}: {name}", d, t)) if progress else None
 
     safety = evaluate_safety(loaded, harmful, benign, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                             judge=judge, progress=tagged("generating"))
+                             judge=judge, cache=cache, progress=tagged("generating"))
     util = None
     if utility_pairs:
         util = utility(loaded, utility_pairs, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -107,9 +109,10 @@ def preview(loaded: LoadedModel, harmful: Mapping[str, Sequence[str]], benign: M
             run: RunFolder | None = None, selection: pd.DataFrame | None = None, label: str = "",
             utility_pairs: Sequence[Pair] = (), max_new_tokens: int = 64, batch_size: int = 8,
             judge: Judge | str = DEFAULT_JUDGE, controls: Sequence[tuple[int, pd.DataFrame]] = (),
-            progress: Progress | None = None) -> Preview:
+            baseline_cache: Path | None = None, progress: Progress | None = None) -> Preview:
     """Baseline metrics, and with a selection also the pruned model's, with the generations side by side;
-    `controls` ((seed, random selection) pairs) are measured too and reported as a band beside the selection."""
+    `controls` ((seed, random selection) pairs) are measured too and reported as a band beside the selection.
+    `baseline_cache` (a folder) keeps and reuses the unpruned model's replies (see evaluation.cached_generate)."""
     judge = make_judge(judge) if isinstance(judge, str) else judge
     described, warning = None, None
     if selection is not None:
@@ -121,25 +124,26 @@ def preview(loaded: LoadedModel, harmful: Mapping[str, Sequence[str]], benign: M
         if run_hash and run_hash != content_hash(loaded.folder):
             warning = ("the run was made on a model with the same shape but other weights; "
                        "its roles and means may not describe this model")
-    base, base_util = _measure(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, judge=judge, progress=progress, phase="baseline")
+    base, base_util = measure_safety(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, judge=judge, progress=progress, phase="baseline",
+                               cache=baseline_cache)
     result = Preview(model=loaded.spec, settings={"max_new_tokens": max_new_tokens, "decoding": "greedy"},
                      judge=base.settings, baseline=Measures.of(base, base_util), generations=[],
                      selection=described, warning=warning)
     if selection is None:
         result.generations = [{"set": s.name, "kind": "harmful" if s.harmful else "benign", "prompt": r.prompt,
-                               "baseline": _side(r)}
+                               "baseline": reply_of(r)}
                               for s in [*base.harmful, *base.benign] for r in s.rows]
         return result
     with prune(loaded, selection, run.means, tokens=run.tokens):
-        pruned, pruned_util = _measure(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
+        pruned, pruned_util = measure_safety(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size, judge=judge, progress=progress, phase="pruned")
     result.pruned = Measures.of(pruned, pruned_util)
     result.changes = paired_changes(base, pruned)
     measured = []
     for i, (seed, control) in enumerate(controls):
         with prune(loaded, control, run.means, tokens=run.tokens):
-            report, report_util = _measure(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
+            report, report_util = measure_safety(loaded, harmful, benign, utility_pairs, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size, judge=judge, progress=progress,
                                            phase=f"control {i + 1}/{len(controls)}")
         measured.append((seed, control, Measures.of(report, report_util)))
@@ -147,13 +151,13 @@ def preview(loaded: LoadedModel, harmful: Mapping[str, Sequence[str]], benign: M
         result.controls = control_band(run.units, measured)
     result.generations = [
         {"set": b.name, "kind": "harmful" if b.harmful else "benign", "prompt": rb.prompt,
-         "baseline": _side(rb), "pruned": _side(rp)}
+         "baseline": reply_of(rb), "pruned": reply_of(rp)}
         for b, p in zip([*base.harmful, *base.benign], [*pruned.harmful, *pruned.benign])
         for rb, rp in zip(b.rows, p.rows)]
     return result
 
 
-def _side(row) -> dict:
+def reply_of(row) -> dict:
     return {"reply": row.reply, "verdict": row.verdict, "reason": row.reason}
 
 
@@ -184,3 +188,27 @@ def control_band(units: pd.DataFrame, measured: Sequence[tuple[int, pd.DataFrame
     return {"seeds": [seed for seed, _, _ in measured],
             "selection": asdict(describe_selection(units, first, f"random ({len(measured)} seeds)")),
             "band": band, "per_seed": [{"seed": seed, "counts": m.counts} for seed, _, m in measured]}
+
+
+def refusal_estimate(loaded: LoadedModel, harmful: Sequence[str], benign: Sequence[str], *,
+                     run: RunFolder | None = None, selection: pd.DataFrame | None = None,
+                     batch_size: int = 8) -> dict:
+    """An instant estimate while replies are generated: the mean probability that the first reply token opens a
+    refusal (evaluation.first_token_refusal, one forward pass), on harmful and benign prompts, as the model is and
+    with the selection pruned. An estimate: a refusal's first token also opens some answers."""
+    from .evaluation import REFUSAL_STARTS, first_token_refusal
+
+    def probe() -> dict:
+        out = {}
+        for kind, prompts in (("harmful", harmful), ("benign", benign)):
+            p = first_token_refusal(loaded, list(prompts), batch_size=batch_size) if prompts else []
+            out[kind] = {"n": len(p), "mean": float(sum(p) / len(p)) if len(p) else None}
+        return out
+
+    result = {"baseline": probe(), "starts": list(REFUSAL_STARTS)}
+    if selection is not None:
+        if run is None:
+            raise ValueError("a selection needs the run it came from (for its channel means)")
+        with prune(loaded, selection, run.means, tokens=run.tokens):
+            result["pruned"] = probe()
+    return result

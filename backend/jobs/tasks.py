@@ -100,6 +100,26 @@ def preview_task(ctx: Context, job, progress: Reporter) -> Outcome:
     return Outcome(result=result.to_dict())
 
 
+def sweep_task(ctx: Context, job, progress: Reporter) -> Outcome:
+    stored = job.request
+    points = len(stored["fractions"]) * (2 if stored.get("controls") else 1)
+    progress.set_plan([("loading", 1), ("baseline", 4), *[(f"point {i + 1}/", 4) for i in range(points)]])
+    run = _run(ctx, job.run_id)
+    request = verbs.SweepRequest.from_dict({**stored, "model": run.model_path, "run": _run_folder(ctx, run),
+                                            "device": ctx.device, "dtype": ctx.settings.dtype})
+    result = verbs.sweep(request, models=ctx.models, progress=progress)
+    result.run_id = run.id
+    return Outcome(result=result.to_dict())
+
+
+def estimate_task(ctx: Context, job, progress: Reporter) -> Outcome:
+    progress.set_plan([("loading", 1), ("probing", 1)])
+    run = _run(ctx, job.run_id)
+    request = verbs.EstimateRequest.from_dict({**job.request, "model": run.model_path, "run": _run_folder(ctx, run),
+                                               "device": ctx.device, "dtype": ctx.settings.dtype})
+    return Outcome(result={**verbs.estimate(request, models=ctx.models, progress=progress), "run_id": run.id})
+
+
 def finetune_task(ctx: Context, job, progress: Reporter) -> Outcome:
     checked = job.request.get("check") is not None
     progress.set_plan([("loading", 2), ("before", 5 if checked else 0), ("fine-tuning", 20),
@@ -134,4 +154,5 @@ def align_task(ctx: Context, job, progress: Reporter) -> Outcome:
     return Outcome(result=report.to_dict(), undo=lambda: shutil.rmtree(out, ignore_errors=True))
 
 
-TASKS = {"attribution": attribution_task, "preview": preview_task, "finetune": finetune_task, "align": align_task}
+TASKS = {"attribution": attribution_task, "preview": preview_task, "sweep": sweep_task, "estimate": estimate_task,
+         "finetune": finetune_task, "align": align_task}

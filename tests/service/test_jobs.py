@@ -2,6 +2,9 @@
 rebuilt into the verb's request and run, and what the job publishes is what the REST API then serves."""
 from __future__ import annotations
 
+import json
+
+import pytest
 from fastapi.testclient import TestClient
 from servicekit import API, run_body, settings_in
 
@@ -10,6 +13,7 @@ from backend.jobs.context import Context, ModelCache
 from backend.jobs.worker import run_job
 from backend.store.folders import RunFolders
 from backend.store.queue import claim
+from backend.verbs import baseline_cache
 
 
 def test_an_attribution_and_a_preview_run_through_the_workers_code(roots, tmp_path):
@@ -39,3 +43,38 @@ def test_an_attribution_and_a_preview_run_through_the_workers_code(roots, tmp_pa
     assert asr["n"] == 2 and 0 <= asr["ci_low"] <= asr["rate"] <= asr["ci_high"] <= 1
     assert set(result["changes"]) == {"asr", "over_refusal", "off_topic", "degenerate"}
     assert all(side["reason"] for g in result["generations"] for side in (g["baseline"], g["pruned"]))
+
+
+@pytest.mark.slow  # three jobs on a tiny model, one of them four generations
+def test_a_sweep_is_one_job_whose_points_share_the_unpruned_replies(roots, tmp_path):
+    settings = settings_in(tmp_path, roots, runner="none")
+    client = TestClient(create_app(settings))
+    ctx = Context(settings, "cpu", ModelCache(1), client.app.state.sessions, RunFolders(settings.runs_dir))
+    accepted = client.post(f"{API}/runs", json=run_body(roots)).json()
+    run_job(ctx, claim(ctx.sessions, "test"))
+    evaluation = {"harmful": ["harmful.jsonl"], "benign": ["benign.jsonl"], "limit": 2, "max_new_tokens": 5,
+                  "judge": "keyword"}
+    body = {"group": "SCU", "fractions": [0.05, 0.02], "eval": evaluation, "controls": True}
+    sweep = client.post(f"{API}/runs/{accepted['id']}/sweeps", json=body).json()
+    preview = client.post(f"{API}/runs/{accepted['id']}/previews",
+                          json={"prune": {"groups": ["SCU"]}, "eval": evaluation}).json()
+    estimate = client.post(f"{API}/runs/{accepted['id']}/estimates",
+                           json={"prune": {"groups": ["SCU"]}, "eval": evaluation}).json()
+    for _ in range(3):
+        run_job(ctx, claim(ctx.sessions, "test"))
+    done = client.get(f"{API}/jobs/{sweep['id']}").json()
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert [p["fraction"] for p in result["points"]] == [0.02, 0.05]  # sorted
+    shares = [p["selection"]["param_fraction"] for p in result["points"]]
+    assert shares[0] < shares[1] and all(p["control"]["selection"]["param_fraction"] > 0 for p in result["points"])
+    assert all(len(p["replies"]) == len(result["prompts"]) == 4 for p in result["points"])
+    # the preview after it reads the same unpruned replies (generated once, kept by model, prompts and decoding)
+    replies = [r["reply"] for r in result["baseline_replies"]]
+    assert any(json.loads(p.read_text()) == replies for p in baseline_cache().glob("*.json"))
+    previewed = client.get(f"{API}/jobs/{preview['id']}").json()["result"]
+    assert [g["baseline"]["reply"] for g in previewed["generations"]] == [r["reply"] for r in result["baseline_replies"]]
+    probe = client.get(f"{API}/jobs/{estimate['id']}").json()["result"]
+    assert probe["baseline"]["harmful"]["n"] == 2 and 0 <= probe["pruned"]["benign"]["mean"] <= 1
+    bad = client.post(f"{API}/runs/{accepted['id']}/sweeps", json={**body, "fractions": [0.0]})
+    assert bad.status_code == 422

@@ -19,6 +19,7 @@ from ..schemas import (
     Accepted,
     AlignCreate,
     Deleted,
+    EstimateCreate,
     FinetuneCreate,
     PreviewCreate,
     RolesOut,
@@ -26,6 +27,7 @@ from ..schemas import (
     RunList,
     RunOut,
     Status,
+    SweepCreate,
 )
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -199,6 +201,24 @@ def create_preview(run: RunDep, body: PreviewCreate, _: WriterDep, session: Sess
     `GET /jobs/{id}` holds the generations side by side with verdicts once it is done."""
     request = checks.check_preview(body, finished_units(run, folders, units).table, settings)
     return queue_job(session, settings, runner, "preview", run, request)
+
+
+@router.post("/{run_id}/sweeps", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+def create_sweep(run: RunDep, body: SweepCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
+                 runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
+    """Queue a sweep: one role group pruned at growing fractions in one job that loads the model once and
+    generates the unpruned replies once; `GET /jobs/{id}` holds every point's rates and replies once done."""
+    request = checks.check_sweep(body, finished_units(run, folders, units).table, settings)
+    return queue_job(session, settings, runner, "sweep", run, request)
+
+
+@router.post("/{run_id}/estimates", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+def create_estimate(run: RunDep, body: EstimateCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
+                    runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
+    """Queue the instant estimate of a preview: the first-token refusal probe on the same prompts, as the model is
+    and with the selection pruned (one forward pass each); queue it before the preview to see it first."""
+    request = checks.check_estimate(body, finished_units(run, folders, units).table, settings)
+    return queue_job(session, settings, runner, "estimate", run, request)
 
 
 @router.post("/{run_id}/finetunes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
