@@ -59,3 +59,31 @@ def thresholds_of(run: Run, h_ru: float | None, h_scu: float | None, h_ucu: floa
         return Thresholds(**values)
     except ValueError as error:
         raise checks.bad_field(("query", "h_ucu"), str(error)) from None
+
+
+def lineage(session: Session, settings: Settings, model_path: str) -> dict:
+    """Where a run's model came from: a fine-tune or alignment job of this service (its run is the parent), a
+    folder with a report of `ssah finetune` / `ssah align`, or a base model."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_path)
+    try:
+        job_id = path.resolve().relative_to(settings.finetunes_dir.resolve()).parts[0]
+    except (ValueError, IndexError, OSError):
+        job_id = None
+    job = session.get(Job, job_id) if job_id else None
+    if job is not None and job.kind in ("finetune", "align"):
+        result, request = job.result or {}, job.request or {}
+        how = result.get("mode") or (request.get("config") or {}).get("mode")
+        return {"parent_run": job.run_id, "origin": {"kind": job.kind, "job": job.id, "how": how,
+                                                      "data": result.get("data")}}
+    for report, kind in (("finetune.json", "finetune"), ("alignment.json", "align")):
+        try:
+            made = json.loads((path / report).read_text())
+        except (OSError, ValueError):
+            continue
+        how = made.get("mode") or (made.get("config") or {}).get("mode")
+        return {"parent_run": made.get("run_id"), "origin": {"kind": kind, "how": how,
+                                                              "from": made.get("base_model") or made.get("model")}}
+    return {"parent_run": None, "origin": {"kind": "base"}}

@@ -153,7 +153,7 @@ def check_run(body: RunCreate, settings: Settings) -> tuple[str, str, dict, str]
     safety, safety_set = load_set(body.safety, settings, ("body", "safety"), samples=body.samples, seed=body.seed)
     utility, utility_set = load_set(body.utility, settings, ("body", "utility"), samples=body.samples,
                                     seed=body.seed)
-    run_settings = body.model_dump(exclude={"model"}) | {
+    run_settings = body.model_dump(exclude={"model", "name", "tags", "notes"}) | {
         "paths": {"safety": safety, "utility": utility}, "model_hash": model_hash(model_path)}
     keyed = {k: v for k, v in run_settings.items() if k not in ("safety", "utility", "paths")}
     if body.responses == "given":

@@ -34,7 +34,24 @@ class ThresholdsIn(Strict):
         return h_ucu
 
 
+Name = Field(None, min_length=1, max_length=200, description="what people call the run")
+Tags = Field(None, max_length=20, description="labels to find the run by (each 1 to 40 characters)")
+Notes = Field(None, max_length=10_000)
+
+
+def _tags(tags: list[str] | None) -> list[str] | None:
+    if tags is None:
+        return None
+    cleaned = list(dict.fromkeys(t.strip() for t in tags))
+    if any(not t or len(t) > 40 for t in cleaned):
+        raise ValueError("each tag is 1 to 40 characters")
+    return cleaned
+
+
 class RunCreate(Strict):
+    name: str | None = Name
+    tags: list[str] | None = Tags
+    notes: str | None = Notes
     model: str | None = Field(None, min_length=1, max_length=4096,
                               description="built-in name or a folder/.gguf inside the model roots; default: the "
                                           "service's default model")
@@ -49,6 +66,24 @@ class RunCreate(Strict):
     max_length: int | None = Field(None, ge=2)
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, tags: list[str] | None) -> list[str] | None:
+        return _tags(tags)
+
+
+class RunPatch(Strict):
+    """What a person may change about a run: its name, tags and notes (null clears one)."""
+
+    name: str | None = Name
+    tags: list[str] | None = Tags
+    notes: str | None = Notes
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, tags: list[str] | None) -> list[str] | None:
+        return _tags(tags)
+
 
 class Accepted(BaseModel):
     """A request taken: the run or job to watch."""
@@ -61,6 +96,12 @@ class Accepted(BaseModel):
 
 class RunOut(BaseModel):
     id: str
+    name: str | None = None
+    tags: list[str] = []
+    notes: str | None = None
+    parent_run: str | None = Field(None, description="the run whose model this run's model was made from")
+    origin: dict | None = Field(None, description="how this run's model was made: base, or a fine-tune or alignment "
+                                                  "(its job, what was frozen or trained)")
     status: Status
     progress: float
     phase: str

@@ -15,9 +15,10 @@ from .tables import ACTIVE, Job, Run, utcnow
 NO_SYNC = {"synchronize_session": False}
 
 
-def enqueue_run(session: Session, *, model: str, model_path: str, settings: dict, cache_key: str) -> tuple[Run, Job]:
-    """A queued run and its attribution job."""
-    run = Run(model=model, model_path=model_path, settings=settings, cache_key=cache_key, status="queued")
+def enqueue_run(session: Session, *, model: str, model_path: str, settings: dict, cache_key: str,
+                **identity) -> tuple[Run, Job]:
+    """A queued run and its attribution job; `identity`: name, tags, notes, parent_run, origin."""
+    run = Run(model=model, model_path=model_path, settings=settings, cache_key=cache_key, status="queued", **identity)
     session.add(run)
     session.flush()
     job = Job(kind="attribution", run_id=run.id, request={"run_id": run.id})
@@ -27,11 +28,11 @@ def enqueue_run(session: Session, *, model: str, model_path: str, settings: dict
 
 
 def add_cached_run(session: Session, source: Run, *, run_id: str, model: str, settings: dict,
-                   result_dir: str) -> tuple[Run, Job]:
+                   result_dir: str, **identity) -> tuple[Run, Job]:
     """A run answered from the cache: succeeded at once, with its own copy (hard links) of `source`'s files."""
     now = utcnow()
     run = Run(id=run_id, model=model, model_path=source.model_path, settings=settings, cache_key=source.cache_key,
-              status="succeeded", cached=True, result_dir=result_dir, manifest=source.manifest)
+              status="succeeded", cached=True, result_dir=result_dir, manifest=source.manifest, **identity)
     session.add(run)
     session.flush()
     job = Job(kind="attribution", run_id=run.id, request={"run_id": run.id, "cached_from": source.id},

@@ -56,6 +56,12 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # what people call it, and where its model came from (added later: db.add_missing_columns upgrades old files)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tags: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parent_run: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    origin: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # how the model was made: base, fine-tune, ...
 
 
 class Job(Base):

@@ -13,7 +13,7 @@ from backend.store.folders import units_text
 from backend.store.tables import ACTIVE, Job, Run, new_id
 
 from .. import checks
-from ..actions import check_room, finished_units, queue_job, stop_job, thresholds_of
+from ..actions import check_room, finished_units, lineage, queue_job, stop_job, thresholds_of
 from ..deps import CallerDep, FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
 from ..schemas import (
     Accepted,
@@ -26,6 +26,7 @@ from ..schemas import (
     RunCreate,
     RunList,
     RunOut,
+    RunPatch,
     Status,
     SweepCreate,
 )
@@ -36,7 +37,8 @@ INTERNAL_SETTINGS = ("model_hash", "paths")  # what the worker needs, not what t
 
 def run_out(run: Run, job: Job | None, *, manifest: bool = True) -> RunOut:
     """A run as the API shows it: its status with its attribution job's progress and phase."""
-    return RunOut(id=run.id, status=run.status, progress=job.progress if job else 1.0,
+    return RunOut(id=run.id, name=run.name, tags=run.tags or [], notes=run.notes, parent_run=run.parent_run,
+                  origin=run.origin, status=run.status, progress=job.progress if job else 1.0,
                   phase=job.phase if job else run.status, error=run.error, cached=run.cached, model=run.model,
                   settings={k: v for k, v in run.settings.items() if k not in INTERNAL_SETTINGS},
                   job_id=job.id if job else None, created_at=run.created_at, updated_at=run.updated_at,
@@ -51,6 +53,8 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
     """Queue an attribution; the same model, data and settings as a finished run are answered from the cache
     at once (status succeeded, cached true)."""
     model, model_path, run_settings, key = checks.check_run(body, settings)
+    identity = {"name": body.name, "tags": body.tags or [], "notes": body.notes, **lineage(session, settings,
+                                                                                              model_path)}
     source = queue.cached_run(session, key)
     if source is not None:
         run_id = new_id()
@@ -60,11 +64,12 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
             folder = None
         if folder is not None:
             run, job = queue.add_cached_run(session, source, run_id=run_id, model=model, settings=run_settings,
-                                            result_dir=folder)
+                                            result_dir=folder, **identity)
             session.commit()
             return Accepted(id=run.id, status=run.status, job_id=job.id, cached=True)
     check_room(session, settings)
-    run, job = queue.enqueue_run(session, model=model, model_path=model_path, settings=run_settings, cache_key=key)
+    run, job = queue.enqueue_run(session, model=model, model_path=model_path, settings=run_settings, cache_key=key,
+                                 **identity)
     session.commit()
     runner.notify()
     return Accepted(id=run.id, status=run.status, job_id=job.id)
@@ -72,21 +77,41 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
 
 @router.get("", response_model=RunList)
 def list_runs(session: SessionDep, caller: CallerDep, limit: int = Query(100, ge=1, le=1000),
-              offset: int = Query(0, ge=0, le=2**31 - 1), status_: Status | None = Query(None, alias="status")) -> RunList:
-    """Runs, newest first (a share token sees only its own run)."""
+              offset: int = Query(0, ge=0, le=2**31 - 1), status_: Status | None = Query(None, alias="status"),
+              q: str | None = Query(None, max_length=200, description="part of the name, model or id"),
+              tag: str | None = Query(None, max_length=40)) -> RunList:
+    """Runs, newest first (a share token sees only its own run); `q` and `tag` filter them."""
     query = select(Run)
+    if q:
+        like = f"%{q}%"
+        query = query.where(Run.name.ilike(like) | Run.model.ilike(like) | Run.id.ilike(like))
     if caller.run_scope is not None:
         query = query.where(Run.id == caller.run_scope)
     if status_ is not None:
         query = query.where(Run.status == status_)
-    count = session.scalar(select(func.count()).select_from(query.subquery()))
-    runs = session.scalars(query.order_by(Run.created_at.desc()).limit(limit).offset(offset)).all()
+    if tag:  # tags are a JSON list: filtered here (a team's runs number in the thousands, not millions)
+        runs = [r for r in session.scalars(query.order_by(Run.created_at.desc())).all() if tag in (r.tags or [])]
+        count, runs = len(runs), runs[offset:offset + limit]
+    else:
+        count = session.scalar(select(func.count()).select_from(query.subquery()))
+        runs = session.scalars(query.order_by(Run.created_at.desc()).limit(limit).offset(offset)).all()
     jobs = queue.attribution_jobs(session, [r.id for r in runs])
     return RunList(data=[run_out(r, jobs.get(r.id), manifest=False) for r in runs], count=count or 0)
 
 
 @router.get("/{run_id}", response_model=RunOut)
 def read_run(run: RunDep, session: SessionDep) -> RunOut:
+    return run_out(run, queue.attribution_job(session, run.id))
+
+
+@router.patch("/{run_id}", response_model=RunOut)
+def update_run(run: RunDep, body: RunPatch, _: WriterDep, session: SessionDep) -> RunOut:
+    """Set a run's name, tags or notes (fields left out stay as they are; null clears one)."""
+    for field in body.model_fields_set:
+        value = getattr(body, field)
+        setattr(run, field, (value or []) if field == "tags" else value)
+    session.commit()
+    session.refresh(run)
     return run_out(run, queue.attribution_job(session, run.id))
 
 
