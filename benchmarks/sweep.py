@@ -1,0 +1,92 @@
+"""A 5-point sweep as one job against five independent previews of the same points, and the instant estimate's
+latency, on the built-in model, measured in one run. Writes a section of docs/benchmarks.md.
+
+    python benchmarks/sweep.py --prompts 8 --new-tokens 32
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from attribution import replace_section  # noqa: E402
+
+from backend.engine.attribution import load_run  # noqa: E402
+from backend.engine.data import prompt_sets  # noqa: E402
+from backend.engine.models import load_model  # noqa: E402
+from backend.engine.preview import preview, refusal_estimate  # noqa: E402
+from backend.engine.roles import Thresholds  # noqa: E402
+from backend.engine.sweep import group_at, sweep  # noqa: E402
+from backend.verbs import AttributeRequest, attribute  # noqa: E402
+
+FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-safe")
+    parser.add_argument("--run", type=Path, default=None, help="a run folder of the model (default: attribute one)")
+    parser.add_argument("--prompts", type=int, default=8, help="of each kind")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+
+    if args.run is None:
+        args.run = Path(tempfile.mkdtemp()) / "run"
+        attribute(AttributeRequest(args.model, samples=32, device="cpu", dtype="float32"), args.run)
+    run = load_run(args.run)
+    loaded = load_model(args.model, device="cpu", dtype="float32")
+    harmful = prompt_sets(["advbench-eval"], args.prompts)
+    benign = prompt_sets(["benign-prompts"], args.prompts)
+    thresholds = Thresholds(**run.manifest["thresholds"])
+    decoding = dict(max_new_tokens=args.new_tokens, batch_size=8, judge="keyword")
+
+    t0 = time.perf_counter()
+    for fraction in FRACTIONS:  # what the dashboard did before: a preview per point, each with its baseline
+        preview(loaded, harmful, benign, run=run, selection=group_at(run.units, thresholds, "SCU", fraction),
+                **decoding)
+    t_previews = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sweep(loaded, run, "SCU", FRACTIONS, harmful, benign, thresholds=thresholds, **decoding)  # no cache: cold
+    t_sweep = time.perf_counter() - t0
+    n = 2 * args.prompts
+    probe_harmful = prompt_sets(["advbench-eval"], 16)["advbench-eval"]
+    probe_benign = prompt_sets(["benign-prompts"], 16)["benign-prompts"]
+    t0 = time.perf_counter()
+    refusal_estimate(loaded, probe_harmful, probe_benign, run=run,
+                     selection=group_at(run.units, thresholds, "SCU", 0.01))
+    t_estimate = time.perf_counter() - t0
+
+    lines = [
+        "## Sweeps and the instant estimate (issue: runs as experiments)",
+        "",
+        f"Command: `python benchmarks/sweep.py --prompts {args.prompts} --new-tokens {args.new_tokens}` on "
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU, float32; "
+        f"model `{args.model}` (loaded once for both), SCU at h_SCU {', '.join(map(str, FRACTIONS))}, {n} prompts "
+        f"({args.prompts} harmful + {args.prompts} benign), {args.new_tokens} new tokens, greedy; measured in one "
+        "process, the sweep without a cached baseline.",
+        "",
+        "| what | seconds | ratio |",
+        "|---|---:|---:|",
+        f"| five independent previews (each generates the unpruned replies too) | {t_previews:.1f} | 1.00 |",
+        f"| one 5-point sweep (the unpruned replies once) | {t_sweep:.1f} | **{t_sweep / t_previews:.2f}** "
+        "(target <= 0.65) |",
+        f"| instant estimate: first-token refusal probe, 32 prompts (16 + 16) as they are and with SCU pruned (two "
+        f"forward passes each way, batch 8) | {t_estimate:.2f} | target <= 2 s |",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    replace_section(args.out, "## Sweeps and the instant estimate", text)
+
+
+if __name__ == "__main__":
+    main()
