@@ -11,7 +11,7 @@ from dash import ClientsideFunction, Input, Output, dcc, html
 from backend.constants import ACTIVE  # noqa: F401  (the pages take it from here)
 
 from .client import Api, ApiError
-from .figures import ROLE_COLORS
+from .figures import ROLE_COLORS, ROLE_NAMES
 
 
 def api(token: str | None = None) -> Api:
@@ -28,8 +28,10 @@ def api_link(path: str, token: str | None = None, **params) -> str:
 
 
 def page_link(path: str, token: str | None = None, **params) -> str:
-    """A dashboard path with a query, keeping a share token so the link still opens for its holder."""
-    query = {k: v for k, v in params.items() if v not in (None, "")} | ({"token": token} if token else {})
+    """A dashboard path with a query, keeping a share token so the link still opens for its holder (lists are
+    written comma-separated, as the pages' URL sync writes them)."""
+    query = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+             for k, v in params.items() if v not in (None, "", [])} | ({"token": token} if token else {})
     return f"{path}{'?' + urlencode(query) if query else ''}"
 
 
@@ -70,7 +72,10 @@ def progress_bar(status: str, progress: float, phase: str = "") -> html.Div:
 
 
 def role_chip(role: str) -> html.Span:
-    return html.Span(role, className="role-chip", style={"background": ROLE_COLORS.get(role, "#999")})
+    """A role's name on its colour (static/ssah.css .role-SCU etc.: the same colours as the figures)."""
+    known = role in ROLE_COLORS
+    return html.Span(role, className=f"role-chip role-{role}" if known else "role-chip",
+                     title=ROLE_NAMES.get(role))
 
 
 RIGHT = {"harmful": "refused", "benign": "complied"}  # the outcome a careful model gives each kind of prompt

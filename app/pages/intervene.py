@@ -27,7 +27,7 @@ from app.components import (
     verdict_badge,
     view_store,
 )
-from app.figures import AXIS, LAYOUT, ROLE_COLORS, ROLES, message_figure, preview_metrics_figure
+from app.figures import AXIS, CONDITION_COLORS, INK, LAYOUT, ROLES, message_figure, preview_metrics_figure
 
 dash.register_page(__name__, path_template="/runs/<run_id>/intervene", title="ssah · intervene", name="Intervene")
 
@@ -481,11 +481,15 @@ def _sweep(client, jobs: list[str], view: dict):
     base = points[0][2]  # every preview measures the unpruned model too: it is the sweep's point at 0
     xs = [0.0] + [p[0] for p in points]
     figure = go.Figure()
-    for name, metric, color, dash_ in (("ASR", "asr", ROLE_COLORS["SCU"], "solid"),
-                                       (label, key, ROLE_COLORS["UCU"], "solid"),
-                                       ("degenerate", "degenerate_rate", "#7b4fb8", "dot")):
+    # the series of a baseline-vs-pruned chart: ink and the condition colours (never a role's or a verdict's),
+    # told apart by dash and marker too
+    for name, metric, color, dash_, symbol in (("ASR", "asr", INK, "solid", "circle"),
+                                               (label, key, CONDITION_COLORS["baseline"], "dash", "square"),
+                                               ("degenerate", "degenerate_rate", CONDITION_COLORS["intervened"],
+                                                "dot", "diamond")):
         figure.add_trace(go.Scatter(x=xs, y=[base.get(metric)] + [p[1].get(metric) for p in points], name=name,
                                     mode="lines+markers", line=dict(color=color, dash=dash_),
+                                    marker=dict(symbol=symbol, color=color),
                                     text=["unpruned"] + [p[3] for p in points],
                                     hovertemplate=f"%{{text}}: {name} %{{y:.0%}}<extra></extra>"))
     figure.update_layout(LAYOUT, height=340, xaxis=dict(title="pruned share of unit parameters", tickformat=".1%",
@@ -511,7 +515,7 @@ def _finetune_result(report: dict) -> html.Div:
     log = report.get("training") or {}
     losses = log.get("losses") or log.get("loss") or []
     if isinstance(losses, list) and losses:
-        figure = go.Figure(go.Scatter(y=losses, mode="lines", line=dict(color="#1f2933")))
+        figure = go.Figure(go.Scatter(y=losses, mode="lines", line=dict(color=INK)))
         figure.update_layout(LAYOUT, height=240, title=dict(text="training loss"),
                              xaxis=dict(title="step", **AXIS), yaxis=dict(title="loss", **AXIS))
         parts.append(dcc.Graph(figure=figure, config={"displaylogo": False}))
