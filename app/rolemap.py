@@ -46,6 +46,7 @@ LISTED = 200  # units listed for one cell or bin
 MODULE_NAMES = {"mlp": "MLP channel", "attn": "head"}
 MODULE_PLURALS = {"mlp": "MLP channels", "attn": "attention heads"}
 CELL_WORDS = {"mlp": ("channel", "channels"), "attn": ("head", "heads")}
+DRAW_ORDER = ("CU", "RU", "UCU", "SCU")  # the scatter draws the bulk first, so the rare roles are on top
 _RANK_OF_CODE = np.array([RANKED.index(role) for role in ROLES], dtype=np.int8)  # role code -> place in a row
 
 
@@ -302,6 +303,35 @@ class RunMap:
                        "beyond": np.flatnonzero(~inside), "sparse": sparse}
         return self._plane
 
+    def _scatter_parts(self, roles: RolesAt) -> tuple[np.ndarray, list[str], list[tuple]]:
+        """What the scatter draws, in trace order: per-role density counts (bins x bins x 4), the roles that have
+        a density trace, and the groups of units drawn one by one: (role, module, symbol, beyond, rows)."""
+        plane, codes = self.plane(), roles.codes
+        dense = plane["dense"]
+        counts = np.bincount(plane["bins"][dense] * 4 + codes[dense], minlength=NBINS * NBINS * 4)
+        counts = counts.reshape(NBINS, NBINS, 4)
+        heat = [role for role in DRAW_ORDER if counts[..., ROLES.index(role)].any()]
+        marks = []
+        for role in DRAW_ORDER:
+            r = ROLES.index(role)
+            for beyond, rows in ((False, plane["points"]), (True, plane["beyond"])):
+                rows = rows[codes[rows] == r]
+                for module in ("mlp", "attn"):
+                    picked = rows[self.is_mlp[rows] == (module == "mlp")]
+                    groups = (_sides(self.z_safety[picked], self.z_utility[picked], picked, plane["axes"]) if beyond
+                              else [("circle", picked)])
+                    marks += [(role, module, symbol, beyond, chosen) for symbol, chosen in groups if len(chosen)]
+        return counts, heat, marks
+
+    def scatter_unit(self, roles: RolesAt, curve: int, point: int) -> tuple[str, int, int] | None:
+        """(module, layer, unit) of a point of the scatter figure (its trace and index, as a click names them)."""
+        _, heat, marks = self._scatter_parts(roles)
+        group = curve - len(ROLES) - len(heat)
+        if not 0 <= group < len(marks) or not 0 <= point < len(marks[group][4]):
+            return None
+        row = marks[group][4][point]
+        return ("mlp" if self.is_mlp[row] else "attn"), int(self.layer[row]), int(self.unit[row])
+
     def scatter_figure(self, roles: RolesAt) -> dict:
         """z_safety vs z_utility: density of the bulk per role, sparse units as points, units beyond the robust
         axes as arrows on the edge (their true values in the hover), and the threshold lines."""
@@ -310,41 +340,26 @@ class RunMap:
         (x_lo, x_hi), (y_lo, y_hi) = plane["axes"]
         dx, dy = (x_hi - x_lo) / NBINS, (y_hi - y_lo) / NBINS
         dense = plane["dense"]
-        counts = np.bincount(plane["bins"][dense] * 4 + codes[dense], minlength=NBINS * NBINS * 4)
-        counts = counts.reshape(NBINS, NBINS, 4)
+        counts, heat, marks = self._scatter_parts(roles)
         traces = []
         for role in ROLES:  # legend entries (the marks themselves are several traces per role)
             traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name=role, legendgroup=role,
                                marker=dict(color=ROLE_COLORS[role], size=11, symbol="square",
                                            line=dict(color=role_line(role), width=1)), hoverinfo="skip"))
-        for role in ("CU", "RU", "UCU", "SCU"):  # the bulk first, so the rare roles are drawn on top
-            r = ROLES.index(role)
-            z = counts[..., r].astype(np.float32)
-            if z.any():
-                top = float(z.max())
-                z[z == 0] = np.nan
-                traces.append(dict(type="heatmap", z=typed(z), x0=x_lo + dx / 2, dx=dx, y0=y_lo + dy / 2, dy=dy,
-                                   zmin=0, zmax=top, colorscale=_log_scale(role_ramp(role), top), showscale=False,
-                                   hoverongaps=False, name=role, legendgroup=role, showlegend=False,
-                                   hovertemplate=(f"<b>{role}</b>: %{{z:,}} units here<br>z_safety ≈ %{{x:.2f}} · "
-                                                  "z_utility ≈ %{y:.2f}<br>click to list them<extra></extra>")))
+        for role in heat:  # the bulk first, so the rare roles are drawn on top
+            z = counts[..., ROLES.index(role)].astype(np.float32)
+            top = float(z.max())
+            z[z == 0] = np.nan
+            traces.append(dict(type="heatmap", z=typed(z), x0=x_lo + dx / 2, dx=dx, y0=y_lo + dy / 2, dy=dy,
+                               zmin=0, zmax=top, colorscale=_log_scale(role_ramp(role), top), showscale=False,
+                               hoverongaps=False, name=role, legendgroup=role, showlegend=False,
+                               hovertemplate=(f"<b>{role}</b>: %{{z:,}} units here<br>z_safety ≈ %{{x:.2f}} · "
+                                              "z_utility ≈ %{y:.2f}<br>click to list them<extra></extra>")))
         inset_x, inset_y = 0.006 * (x_hi - x_lo), 0.006 * (y_hi - y_lo)
-        for role in ("CU", "RU", "UCU", "SCU"):
-            r = ROLES.index(role)
-            for kind, rows in (("point", plane["points"]), ("beyond", plane["beyond"])):
-                rows = rows[codes[rows] == r]
-                for module in ("mlp", "attn"):
-                    picked = rows[self.is_mlp[rows] == (module == "mlp")]
-                    if kind == "point":
-                        groups = [("circle", picked)]
-                    else:
-                        groups = _sides(self.z_safety[picked], self.z_utility[picked], picked, plane["axes"])
-                    for symbol, chosen in groups:
-                        if not len(chosen):
-                            continue
-                        traces.append(self._points(role, module, chosen, symbol, kind == "beyond",
-                                                   np.clip(self.z_safety[chosen], x_lo + inset_x, x_hi - inset_x),
-                                                   np.clip(self.z_utility[chosen], y_lo + inset_y, y_hi - inset_y)))
+        for role, module, symbol, beyond, rows in marks:
+            traces.append(self._points(role, module, rows, symbol, beyond,
+                                       np.clip(self.z_safety[rows], x_lo + inset_x, x_hi - inset_x),
+                                       np.clip(self.z_utility[rows], y_lo + inset_y, y_hi - inset_y)))
         for role, kind, value in self.boundaries(codes):
             ys = [x_lo - value, x_hi - value] if kind == "diff" else [value - x_lo, value - x_hi]
             label = f"z_S − z_U = {value:.2f}" if kind == "diff" else f"z_S + z_U = {value:.2f}"
@@ -368,7 +383,7 @@ class RunMap:
     def _points(self, role: str, module: str, rows: np.ndarray, symbol: str, beyond: bool, x: np.ndarray,
                 y: np.ndarray) -> dict:
         """Units drawn one by one; customdata (layer, unit, module 1 = mlp, z_safety, z_utility) serves the hover
-        and the click that opens the unit's page."""
+        (a click names the trace and the point: see scatter_unit)."""
         custom = np.stack([self.layer[rows], self.unit[rows], np.full(len(rows), module == "mlp"),
                            self.z_safety[rows], self.z_utility[rows]], axis=1)
         color = ROLE_COLORS[role]

@@ -327,13 +327,6 @@ for _module in MODULES:
     _rebin(_module)
 
 
-def _numbers(custom) -> list[float]:
-    """A point's customdata as a list (plotly hands typed-array rows over as objects keyed '0', '1', ...)."""
-    if isinstance(custom, dict):
-        return [custom[k] for k in sorted(custom, key=int)]
-    return list(custom) if isinstance(custom, (list, tuple)) else [custom]
-
-
 def unit_link(view: dict, module: str, layer: int, unit: int) -> str:
     """A unit's page, with the token and the view's thresholds."""
     return page_link(f"/runs/{view['_run']}/units/{module}/{layer}/{unit}", view.get("token"),
@@ -350,14 +343,16 @@ def _pick(mlp, attn, scatter, view):
     if not data or not data.get("points"):
         return no_update, no_update
     point = data["points"][0]
-    if source == "ov-scatter" and point.get("customdata") is not None:
-        layer, unit, is_mlp = (int(v) for v in _numbers(point["customdata"])[:3])
-        return no_update, unit_link(view, "mlp" if is_mlp else "attn", layer, unit)
     try:
         runmap = _runmap(view)
     except ApiError:
         return no_update, no_update
     if source == "ov-scatter":
+        if isinstance(point.get("pointNumber"), int):  # a marker (a heatmap cell has a [row, column] pair)
+            t = {k: view[k] for k in SLIDERS}
+            unit = runmap.scatter_unit(runmap.at(t["h_ru"], t["h_scu"], t["h_ucu"]), int(point["curveNumber"]),
+                                       point["pointNumber"])
+            return no_update, unit_link(view, *unit) if unit else no_update
         return _patch(pick=["bin", *runmap.bin_of(float(point["x"]), float(point["y"]))]), no_update
     module = "mlp" if source == "ov-map-mlp" else "attn"
     start, stop = runmap.window(module, view.get(f"{module}_x"), view.get(f"{module}_y")).cell(float(point["x"]))
@@ -386,7 +381,9 @@ def _units(view, drawn):
             return None
         frame = runmap.cell_units(module, at, view.get("order", "role"), layer, start, stop)
         ranked = " ranked" if view.get("order", "role") == "role" else ""
-        title = f"Layer {layer} · {MODULE_PLURALS[module]}{ranked} {start}–{stop - 1}"
+        what = (f"{MODULE_NAMES[module]} at rank {start}" if ranked else f"{MODULE_NAMES[module]} {start}") \
+            if stop - start == 1 else f"{MODULE_PLURALS[module]}{ranked} {start}–{stop - 1}"
+        title = f"Layer {layer} · {what}"
     counts = frame.role.value_counts()
     summary = ", ".join(f"{counts[r]:,} {r}" for r in ROLES if r in counts)
     shown = frame.head(LISTED)
