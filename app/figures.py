@@ -54,7 +54,7 @@ def role_ramp(role: str) -> list[str]:
 
 def role_label(role: str) -> str:
     """A role's name led by a square of its colour, for plotly text (tick labels, titles)."""
-    return f'<span style="color:{role_line(role)}">■</span> {role}'
+    return f'<span style="color:{ROLE_COLORS[role]}">■</span> {role}'
 
 
 SEQUENTIAL = [[0, "#ffffff"], [1, "#243b53"]]  # counts with no category (the transition matrix): white to the accent
@@ -134,6 +134,7 @@ def transitions_figure(transfer: dict, weight: str = "units") -> go.Figure:
                                   texttemplate="%{text}", colorscale=SEQUENTIAL, showscale=False,
                                   hovertemplate="%{y} → %{x}: %{z:,} " + weight + "<extra></extra>"))
     figure.update_layout(LAYOUT, title=dict(text=f"Role transitions A → B ({weight})"), height=380,
+                         margin=dict(l=84, r=20, t=40, b=40),
                          xaxis=dict(tickmode="array", tickvals=[f"B: {r}" for r in roles],
                                     ticktext=[f"B: {role_label(r)}" for r in roles]),
                          yaxis=dict(autorange="reversed", tickmode="array", tickvals=[f"A: {r}" for r in roles],

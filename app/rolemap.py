@@ -100,6 +100,7 @@ class RolesAt:
 
     def __init__(self, runmap: "RunMap", thresholds: tuple[float, float, float], codes: np.ndarray):
         self.runmap, self.thresholds, self.codes = runmap, thresholds, codes
+        self.small_codes = codes.astype(np.int8)  # for gathers over many units
         self._ranked: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -203,8 +204,10 @@ class RunMap:
         cells = self._cells(module, roles, order, win)
         valid = cells >= 0
         safe = np.maximum(cells, 0)
-        code = np.where(valid, roles.codes[safe], 4)
-        counts = np.stack([(code == r).sum(axis=2) for r in range(4)], axis=-1)
+        code = np.where(valid, roles.small_codes[safe], np.int8(4))
+        n_cells = cells.shape[0] * cells.shape[1]
+        counts = np.bincount((np.arange(n_cells).repeat(win.width) * 5 + code.ravel()), minlength=5 * n_cells)
+        counts = counts.reshape(*cells.shape[:2], 5)[..., :4]
         n = counts.sum(axis=-1)
         occupied = n > 0
         name = MODULE_NAMES[module]
@@ -214,7 +217,8 @@ class RunMap:
             mass = (weight * (code == ROLES.index(color))).sum(axis=2) / np.maximum(weight.sum(axis=2), 1)
             z = np.where(occupied, mass, np.nan)
             ramp = role_ramp(color)
-            trace = dict(zmin=0.0, zmax=1.0, colorscale=[[0, ramp[0]], [0.5, ramp[1]], [1, ramp[2]]],
+            top = 1.0 if win.width == 1 else max(float(np.nanmax(z)) if occupied.any() else 0.0, 1e-9)
+            trace = dict(zmin=0.0, zmax=top, colorscale=[[0, ramp[0]], [0.5, ramp[1]], [1, ramp[2]]],
                          colorbar=dict(title=dict(text=f"{color} share", side="right"), thickness=12))
         else:
             middle = np.take_along_axis(cells, np.maximum((n - 1) // 2, 0)[..., None], axis=2)[..., 0]
@@ -368,10 +372,11 @@ class RunMap:
         n_dense, n_points, n_beyond = int(dense.sum()), len(plane["points"]), len(plane["beyond"])
         alone = f" (bins of at most {plane['sparse']})" if n_dense else ""
         note = (f"{n_dense:,} units as density (darker: more, log scale), {n_points:,} as points{alone}, "
-                f"{n_beyond:,} beyond the axes as arrows on the edge · axes: the {PERCENTILES[0]:g}–"
+                f"{n_beyond:,} beyond the axes as arrows on the edge<br>axes: the {PERCENTILES[0]:g}–"
                 f"{PERCENTILES[1]:g}th percentiles · click a point to open its unit, a density cell to list it")
         return {"data": traces,
-                "layout": {**LAYOUT, "title": {"text": "z_safety vs z_utility"}, "height": 480,
+                "layout": {**LAYOUT, "title": {"text": "z_safety vs z_utility"}, "height": 500,
+                           "margin": dict(l=56, r=20, t=76, b=40),
                            "meta": {"axes": plane["axes"], "bins": NBINS},
                            "xaxis": dict(title={"text": "z_safety"}, range=[x_lo, x_hi], **AXIS),
                            "yaxis": dict(title={"text": "z_utility"}, range=[y_lo, y_hi], **AXIS),
@@ -447,9 +452,10 @@ def zoom_of(relayout: dict, x: list | None, y: list | None) -> tuple[list | None
 def _ranked(by_diff: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Each row of `by_diff` regrouped by role (RANKED order), keeping the order by diff within a role: one stable
     sort of small integer keys (row, role), which numpy does as a radix sort."""
-    place = np.where(by_diff >= 0, _RANK_OF_CODE[codes[np.maximum(by_diff, 0)]], len(RANKED))
-    key = (np.arange(len(by_diff), dtype=np.int64)[:, None] * (len(RANKED) + 1) + place).ravel()
-    key = key.astype(np.int16 if key.max() < 2**15 else np.int32)
+    place = _RANK_OF_CODE[codes][np.maximum(by_diff, 0)]
+    place[by_diff < 0] = len(RANKED)
+    small = np.int16 if len(by_diff) * (len(RANKED) + 1) < 2**15 else np.int32
+    key = (np.arange(len(by_diff), dtype=small)[:, None] * small(len(RANKED) + 1) + place).ravel()
     return by_diff.ravel()[np.argsort(key, kind="stable")].reshape(by_diff.shape)
 
 

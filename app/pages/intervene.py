@@ -22,6 +22,7 @@ from app.components import (
     page_link,
     progress_bar,
     rate_text,
+    role_chip,
     shared_banner,
     sync_url,
     verdict_badge,
@@ -36,6 +37,13 @@ REFERENCES = [
      "value": "default"},
     {"label": "safety mean", "value": "safety"}, {"label": "utility mean", "value": "utility"},
     {"label": "pooled mean", "value": "pooled"}, {"label": "zero", "value": "zero"}]
+
+
+def _role_options() -> list[dict]:
+    """The role groups to choose from, as chips in the roles' colours."""
+    return [{"label": role_chip(role), "value": role} for role in ROLES]
+
+
 SWEEP_DEFAULT = "0.0025,0.005,0.01,0.02,0.05"
 FILTERS = [{"label": "all", "value": "all"}, {"label": "harmful prompts", "value": "harmful"},
            {"label": "benign prompts", "value": "benign"}, {"label": "verdict changed", "value": "changed"}]
@@ -80,7 +88,7 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
             html.Div([
                 html.H2("Prune"),
                 html.Label("role groups"),
-                dcc.Checklist(id="iv-groups", options=list(ROLES), value=view["groups"], inline=True,
+                dcc.Checklist(id="iv-groups", options=_role_options(), value=view["groups"], inline=True,
                               className="radio-inline"),
                 html.Div([html.Label("top fraction of CU", htmlFor="iv-cu"),
                           dcc.Input(id="iv-cu", type="number", min=0, max=1, step="any", value=view["cu"],
@@ -144,8 +152,8 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
                                          value=view["ft_mode"], inline=True, className="radio-inline")],
                          className="field"),
                 html.Div([html.Label("groups"),
-                          dcc.Checklist(id="iv-ft-groups", options=list(ROLES), value=view["ft_freeze"], inline=True,
-                                        className="radio-inline")], className="field"),
+                          dcc.Checklist(id="iv-ft-groups", options=_role_options(), value=view["ft_freeze"],
+                                        inline=True, className="radio-inline")], className="field"),
                 html.Div([html.Label("top fraction of CU", htmlFor="iv-ft-cu"),
                           dcc.Input(id="iv-ft-cu", type="number", min=0, max=1, step="any", value=view["ft_cu"],
                                     debounce=True)], className="field"),

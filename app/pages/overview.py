@@ -127,7 +127,7 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
             dcc.Graph(id="ov-map-attn", figure=message_figure("loading…"), config={"displaylogo": False}),
             html.Div(id="ov-units", className="unit-list"),
         ], className="card"),
-        html.Section([dcc.Graph(id="ov-scatter", figure=message_figure("loading…", 480, webgl=True),
+        html.Section([dcc.Graph(id="ov-scatter", figure=message_figure("loading…", 500, webgl=True),
                                 config={"displaylogo": False})], className="card"),
         html.Section([
             html.H2("Export and share"),
