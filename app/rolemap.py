@@ -132,6 +132,8 @@ class RunMap:
         self.grids = {m: self._grid(m) for m in ("mlp", "attn")
                       if (self.is_mlp if m == "mlp" else ~self.is_mlp).any()}
         self._plane: dict | None = None
+        self._rankings: tuple[np.ndarray, np.ndarray] | None = None  # all units by descending diff, ascending sum
+        self.z32 = (self.z_safety.astype(np.float32), self.z_utility.astype(np.float32))  # for gathers over many
         self._roles: OrderedDict[tuple, RolesAt] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -222,7 +224,10 @@ class RunMap:
                          colorbar=dict(title=dict(text=f"{color} share", side="right"), thickness=12))
         else:
             middle = np.take_along_axis(cells, np.maximum((n - 1) // 2, 0)[..., None], axis=2)[..., 0]
-            role = np.where(middle >= 0, roles.codes[np.maximum(middle, 0)], np.argmax(counts, axis=-1))
+            role = roles.small_codes[np.maximum(middle, 0)]
+            holes = (middle < 0) & occupied  # a gap at the middle (units missing from the table): the plurality
+            if holes.any():
+                role[holes] = np.argmax(counts[holes], axis=-1)
             z = np.where(occupied, role, np.nan)
             trace = dict(zmin=-0.5, zmax=3.5, colorscale=_discrete([ROLE_COLORS[r] for r in ROLES]),
                          colorbar=dict(tickvals=[0, 1, 2, 3], ticktext=list(ROLES), thickness=12))
@@ -236,8 +241,8 @@ class RunMap:
                      + "<br>click to list it<extra></extra>")
         else:
             first = np.arange(win.columns) * win.width + win.start
-            z_s = np.where(valid, self.z_safety[safe], 0.0).sum(axis=2) / np.maximum(n, 1)
-            z_u = np.where(valid, self.z_utility[safe], 0.0).sum(axis=2) / np.maximum(n, 1)
+            z_s = np.where(valid, self.z32[0][safe], 0.0).sum(axis=2, dtype=np.float64) / np.maximum(n, 1)
+            z_u = np.where(valid, self.z32[1][safe], 0.0).sum(axis=2, dtype=np.float64) / np.maximum(n, 1)
             custom = np.concatenate([counts, np.broadcast_to(first, n.shape)[..., None],
                                      (first + np.maximum(n, 1) - 1)[..., None], z_s[..., None], z_u[..., None]],
                                     axis=-1)
@@ -303,7 +308,9 @@ class RunMap:
                 sparse = limit
                 break
         points = inside & (in_bin <= sparse)
-        self._plane = {"axes": axes, "bins": bins, "dense": inside & ~points, "points": np.flatnonzero(points),
+        dense_rows = np.flatnonzero(inside & ~points)
+        self._plane = {"axes": axes, "bins": bins, "dense": inside & ~points, "dense_rows": dense_rows,
+                       "dense_key": bins[dense_rows] * 4, "points": np.flatnonzero(points),
                        "beyond": np.flatnonzero(~inside), "sparse": sparse}
         return self._plane
 
@@ -311,8 +318,7 @@ class RunMap:
         """What the scatter draws, in trace order: per-role density counts (bins x bins x 4), the roles that have
         a density trace, and the groups of units drawn one by one: (role, module, symbol, beyond, rows)."""
         plane, codes = self.plane(), roles.codes
-        dense = plane["dense"]
-        counts = np.bincount(plane["bins"][dense] * 4 + codes[dense], minlength=NBINS * NBINS * 4)
+        counts = np.bincount(plane["dense_key"] + roles.small_codes[plane["dense_rows"]], minlength=NBINS * NBINS * 4)
         counts = counts.reshape(NBINS, NBINS, 4)
         heat = [role for role in DRAW_ORDER if counts[..., ROLES.index(role)].any()]
         marks = []
@@ -364,7 +370,7 @@ class RunMap:
             traces.append(self._points(role, module, rows, symbol, beyond,
                                        np.clip(self.z_safety[rows], x_lo + inset_x, x_hi - inset_x),
                                        np.clip(self.z_utility[rows], y_lo + inset_y, y_hi - inset_y)))
-        for role, kind, value in self.boundaries(codes):
+        for role, kind, value in self.boundaries(roles.small_codes):
             ys = [x_lo - value, x_hi - value] if kind == "diff" else [value - x_lo, value - x_hi]
             label = f"z_S − z_U = {value:.2f}" if kind == "diff" else f"z_S + z_U = {value:.2f}"
             traces.append(dict(type="scatter", x=[x_lo, x_hi], y=ys, mode="lines", name=f"{role} boundary ({label})",
@@ -420,12 +426,26 @@ class RunMap:
                                           y_lo + (row + 1) * dy)
 
     def boundaries(self, codes: np.ndarray) -> list[tuple[str, str, float]]:
-        """Where each role now starts, on the key it is ranked by: (role, 'diff'|'sum', value)."""
+        """Where each role now starts, on the key it is ranked by: (role, 'diff'|'sum', value). The role's last unit
+        along its ranking is found within a prefix of about its own size (a later role may have taken a few)."""
+        if self._rankings is None:
+            self._rankings = (np.argsort(-self.diff, kind="stable"), np.argsort(self.sum, kind="stable"))
+        by_diff, by_sum = self._rankings
+        counts = np.bincount(codes, minlength=4)
         out = []
-        for role, kind, pick in (("SCU", "diff", np.min), ("UCU", "diff", np.max), ("RU", "sum", np.max)):
-            mask = codes == ROLES.index(role)
-            if mask.any():
-                out.append((role, kind, float(pick((self.diff if kind == "diff" else self.sum)[mask]))))
+        for role, kind, order in (("SCU", "diff", by_diff), ("UCU", "diff", by_diff[::-1]), ("RU", "sum", by_sum)):
+            r, k = ROLES.index(role), int(counts[ROLES.index(role)])
+            if not k:
+                continue
+            m = k
+            while True:
+                head = order[:m]
+                hit = codes[head] == r
+                if hit.sum() == k or m >= len(order):
+                    break
+                m = min(2 * m, len(order))
+            last = head[hit][-1]
+            out.append((role, kind, float((self.diff if kind == "diff" else self.sum)[last])))
         return out
 
 

@@ -174,6 +174,18 @@ def test_the_scatter_keeps_the_bulk_in_view_and_draws_every_unit_once():
     assert len(listed) > 0 and listed.z_safety.between(bx0, bx1).all() and listed.z_utility.between(by0, by1).all()
 
 
+def test_the_threshold_lines_sit_where_each_role_starts(units):
+    runmap = RunMap(units)
+    for thresholds in ((0.1, 0.01, 0.05), (0.3, 0.4, 0.5), (0.9, 0.2, 0.0), (0.0, 0.0, 0.0)):
+        codes = runmap.at(*thresholds).small_codes
+        expected = []
+        for role, kind, pick in (("SCU", "diff", np.min), ("UCU", "diff", np.max), ("RU", "sum", np.max)):
+            mask = codes == ROLES.index(role)
+            if mask.any():
+                expected.append((role, kind, float(pick((runmap.diff if kind == "diff" else runmap.sum)[mask]))))
+        assert runmap.boundaries(codes) == expected, thresholds
+
+
 def test_a_relayout_names_the_units_in_view():
     assert zoom_of({"xaxis.range[0]": 99.6, "xaxis.range[1]": 299.4}, None, [3, 4]) == ([100, 300], [3, 4])
     assert zoom_of({"xaxis.range[0]": -0.5, "xaxis.range[1]": 13.2, "yaxis.range[0]": 4.4, "yaxis.range[1]": 0.7},
