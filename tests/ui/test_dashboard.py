@@ -131,7 +131,7 @@ def map_title(driver, graph_id: str = "ov-map-mlp") -> str:
 def test_the_role_map_shows_true_proportions_zooms_to_single_channels_and_lists_a_cell(service, token, api,
                                                                                         wide_run, driver):
     driver.get(page(service, f"/runs/{wide_run}", token))
-    wait_until(lambda: "8 channels per cell" in map_title(driver), 60, "the binned MLP map")
+    wait_until(lambda: "8 channels per cell" in map_title(driver), 90, "the binned MLP map")
     units = pd.DataFrame(api.get(f"/runs/{wide_run}/units").json())
     for graph_id, module in (("ov-map-mlp", "mlp"), ("ov-map-attn", "attn")):  # area = parameter share
         z = decode(graph(driver, graph_id)["data"][0]["z"])
@@ -148,11 +148,12 @@ def test_the_role_map_shows_true_proportions_zooms_to_single_channels_and_lists_
     wait_until(lambda: "(1 channel per cell)" in map_title(driver), 30, "the map re-binned to single channels")
     meta = graph(driver, "ov-map-mlp")["layout"]["meta"]
     assert meta["width"] == 1 and 1 < meta["x"][1] - meta["x"][0] <= 256
-    assert query_of(driver)["mlp_x"] == f"{meta['x'][0]},{meta['x'][1]}"  # the zoom is part of the view
+    wait_until(lambda: query_of(driver).get("mlp_x") == f"{meta['x'][0]},{meta['x'][1]}", 10,
+               "the zoom in the URL")  # the zoom is part of the view
 
     ActionChains(driver).move_to_element_with_offset(drag, 0, 0).click().perform()  # one channel: listed
     title = wait_until(lambda: driver.find_element(By.ID, "ov-units-title").text, 30, "the cell's units")
-    module, layer, start, stop = query_of(driver)["pick"].split(",")
+    module, layer, start, stop = wait_until(lambda: query_of(driver).get("pick"), 10, "the pick in the URL").split(",")
     assert module == "mlp" and int(stop) == int(start) + 1 and f"Layer {layer}" in title and "1 unit" in title
     row = driver.find_element(By.CSS_SELECTOR, "#ov-units-table tbody tr")
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
@@ -170,7 +171,7 @@ def test_the_role_map_shows_true_proportions_zooms_to_single_channels_and_lists_
     drag = driver.find_element(By.CSS_SELECTOR, "#ov-map-mlp .nsewdrag")
     ActionChains(driver).double_click(drag).perform()  # zoom out: re-binned again
     wait_until(lambda: "8 channels per cell" in map_title(driver), 30, "the whole map again")
-    assert "mlp_x" not in query_of(driver)
+    wait_until(lambda: "mlp_x" not in query_of(driver), 10, "the zoom gone from the URL")
 
 
 def test_a_click_on_a_scatter_point_opens_its_unit_page(service, token, run, driver):
