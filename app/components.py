@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 import dash
 import flask
-from dash import ClientsideFunction, Input, Output, dcc, html
+from dash import ClientsideFunction, Input, Output, Patch, dcc, html
 
 from backend.constants import ACTIVE  # noqa: F401  (the pages take it from here)
 
@@ -38,6 +38,15 @@ def page_link(path: str, token: str | None = None, **params) -> str:
 def view_store(store_id: str, view: dict) -> list:
     """A page's view state and the sink that mirrors it into the address bar (see `sync_url`)."""
     return [dcc.Store(id=store_id, data=view), html.Div(id=f"{store_id}-sink", hidden=True)]
+
+
+def view_patch(**changes) -> Patch:
+    """A partial update of a view store: several callbacks write a page's view (controls, zoom, clicks, jobs), and
+    a Patch changes only its own keys, so one never undoes another's change that it had not seen yet."""
+    patch = Patch()
+    for key, value in changes.items():
+        patch[key] = value
+    return patch
 
 
 def sync_url(store_id: str) -> None:

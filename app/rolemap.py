@@ -346,7 +346,6 @@ class RunMap:
         """z_safety vs z_utility: density of the bulk per role, sparse units as points, units beyond the robust
         axes as arrows on the edge (their true values in the hover), and the threshold lines."""
         plane = self.plane()
-        codes = roles.codes
         (x_lo, x_hi), (y_lo, y_hi) = plane["axes"]
         dx, dy = (x_hi - x_lo) / NBINS, (y_hi - y_lo) / NBINS
         dense = plane["dense"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dash
 import plotly.graph_objects as go
-from dash import Input, Output, Patch, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app.client import ApiError
 from app.components import (
@@ -26,6 +26,7 @@ from app.components import (
     shared_banner,
     sync_url,
     verdict_badge,
+    view_patch,
     view_store,
 )
 from app.figures import AXIS, CONDITION_COLORS, INK, LAYOUT, ROLES, message_figure, preview_metrics_figure
@@ -197,18 +198,9 @@ def _catalog(_, view):
           State("iv-view", "data"), prevent_initial_call=True)
 def _view(groups, cu, random, controls, reference, harmful, benign, utility, limit, tokens, ft_groups, ft_cu,
           ft_mode, ft_data, ft_steps, view):
-    return _patch(groups=groups, cu=cu, random=bool(random), controls=5 if controls else 0, reference=reference, harmful=harmful, benign=benign,
-                  utility=utility, limit=limit, tokens=tokens, ft_freeze=ft_groups, ft_cu=ft_cu, ft_mode=ft_mode,
-                  ft_data=ft_data, ft_steps=ft_steps)
-
-
-def _patch(**changes) -> Patch:
-    """A partial update of the view: several callbacks write it (controls, preview, sweep, fine-tune), and a
-    Patch changes only its own keys, so one never undoes another's change that it had not seen yet."""
-    patch = Patch()
-    for key, value in changes.items():
-        patch[key] = value
-    return patch
+    return view_patch(groups=groups, cu=cu, random=bool(random), controls=5 if controls else 0, reference=reference,
+                      harmful=harmful, benign=benign, utility=utility, limit=limit, tokens=tokens, ft_freeze=ft_groups,
+                      ft_cu=ft_cu, ft_mode=ft_mode, ft_data=ft_data, ft_steps=ft_steps)
 
 
 def _eval_body(view: dict) -> dict:
@@ -246,7 +238,7 @@ def _start(_, view):
         accepted = api(view.get("token")).create_preview(view["_run"], body)
     except ApiError as error:
         return no_update, error_box(error, "the preview was not started")
-    return _patch(job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
+    return view_patch(job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
 
 
 def _sweep_fractions(text: str) -> list[float]:
@@ -277,9 +269,9 @@ def _start_sweep(_, text, view):
         try:
             jobs.append(client.create_preview(view["_run"], {"prune": prune, "eval": evaluation})["job_id"])
         except ApiError as error:
-            return _patch(sweep=",".join(jobs), sweep_group=group), error_box(error, f"the sweep stopped at "
+            return view_patch(sweep=",".join(jobs), sweep_group=group), error_box(error, f"the sweep stopped at "
                                                                                       f"{fraction:g}")
-    return _patch(sweep=",".join(jobs), sweep_group=group), None
+    return view_patch(sweep=",".join(jobs), sweep_group=group), None
 
 
 @callback(Output("iv-view", "data", allow_duplicate=True), Output("iv-ft-progress", "children"),
@@ -296,7 +288,7 @@ def _start_finetune(_, view):
         accepted = api(view.get("token")).create_finetune(view["_run"], body)
     except ApiError as error:
         return no_update, error_box(error, "the fine-tune was not started")
-    return _patch(ft_job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
+    return view_patch(ft_job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
 
 
 @callback(Output("iv-progress", "children", allow_duplicate=True), Output("iv-result", "children"),
@@ -459,7 +451,7 @@ def _reply(side: dict, kind: str) -> html.Td:
 @callback(Output("iv-view", "data", allow_duplicate=True), Input("iv-show", "value"), State("iv-view", "data"),
           prevent_initial_call=True)
 def _filter(show, view):
-    return no_update if view.get("show") == show else _patch(show=show)
+    return no_update if view.get("show") == show else view_patch(show=show)
 
 
 def _sweep(client, jobs: list[str], view: dict):

@@ -9,7 +9,7 @@ layer), pick (the cell listed: module,layer,start,stop; or bin,column,row of the
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app.client import ApiError
 from app.components import (
@@ -24,6 +24,7 @@ from app.components import (
     role_chip,
     shared_banner,
     sync_url,
+    view_patch,
     view_store,
 )
 from app.figures import ROLE_NAMES, ROLES, layer_bars_figure, message_figure
@@ -186,15 +187,6 @@ def _count(n: int) -> str:
 sync_url("ov-view")
 
 
-def _patch(**changes) -> Patch:
-    """A partial update of the view: the controls, the zoom and the clicks all write it, and a Patch changes only
-    its own keys, so one never undoes another's change that it had not seen yet."""
-    patch = Patch()
-    for key, value in changes.items():
-        patch[key] = value
-    return patch
-
-
 def _runmap(view: dict) -> RunMap:
     """The run's map, after the API has said (to this caller's token) that it may read the run."""
     client = api(view.get("token"))
@@ -212,7 +204,7 @@ def _view(h_ru, h_scu, h_ucu, color, order, view):
                                  "order": order}.items() if view.get(k) != v}
     if "order" in changes:  # positions mean something else in the other order
         changes.update({f"{m}_x": None for m in MODULES}, pick=None)
-    return _patch(**changes) if changes else no_update
+    return view_patch(**changes) if changes else no_update
 
 
 @callback(Output("ov-h_ru", "value"), Output("ov-h_scu", "value"), Output("ov-h_ucu", "value"),
@@ -316,9 +308,8 @@ def _rebin(module: str):
         meta, grid = figure["layout"]["meta"], runmap.grids[module]
         x = None if meta["x"] == [0, grid.span] else meta["x"]
         y = None if meta["y"] == [int(grid.layers[0]), int(grid.layers[-1])] else meta["y"]
-        patch = Patch()
-        patch[module] = [view.get("color"), view.get("order"), x, y]
-        return figure, _patch(**{f"{module}_x": x, f"{module}_y": y}), patch
+        drawn_now = view_patch(**{module: [view.get("color"), view.get("order"), x, y]})
+        return figure, view_patch(**{f"{module}_x": x, f"{module}_y": y}), drawn_now
 
     return rebin
 
@@ -353,10 +344,10 @@ def _pick(mlp, attn, scatter, view):
             unit = runmap.scatter_unit(runmap.at(t["h_ru"], t["h_scu"], t["h_ucu"]), int(point["curveNumber"]),
                                        point["pointNumber"])
             return no_update, unit_link(view, *unit) if unit else no_update
-        return _patch(pick=["bin", *runmap.bin_of(float(point["x"]), float(point["y"]))]), no_update
+        return view_patch(pick=["bin", *runmap.bin_of(float(point["x"]), float(point["y"]))]), no_update
     module = "mlp" if source == "ov-map-mlp" else "attn"
     start, stop = runmap.window(module, view.get(f"{module}_x"), view.get(f"{module}_y")).cell(float(point["x"]))
-    return _patch(pick=[module, int(point["y"]), start, stop]), no_update
+    return view_patch(pick=[module, int(point["y"]), start, stop]), no_update
 
 
 @callback(Output("ov-units", "children"), Input("ov-view", "data"), Input("ov-drawn", "data"))
