@@ -6,12 +6,12 @@ from urllib.parse import urlencode
 
 import dash
 import flask
-from dash import ClientsideFunction, Input, Output, dcc, html
+from dash import ClientsideFunction, Input, Output, Patch, dcc, html
 
 from backend.constants import ACTIVE  # noqa: F401  (the pages take it from here)
 
 from .client import Api, ApiError
-from .figures import ROLE_COLORS
+from .figures import ROLE_COLORS, ROLE_NAMES
 
 
 def api(token: str | None = None) -> Api:
@@ -28,14 +28,25 @@ def api_link(path: str, token: str | None = None, **params) -> str:
 
 
 def page_link(path: str, token: str | None = None, **params) -> str:
-    """A dashboard path with a query, keeping a share token so the link still opens for its holder."""
-    query = {k: v for k, v in params.items() if v not in (None, "")} | ({"token": token} if token else {})
+    """A dashboard path with a query, keeping a share token so the link still opens for its holder (lists are
+    written comma-separated, as the pages' URL sync writes them)."""
+    query = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+             for k, v in params.items() if v not in (None, "", [])} | ({"token": token} if token else {})
     return f"{path}{'?' + urlencode(query) if query else ''}"
 
 
 def view_store(store_id: str, view: dict) -> list:
     """A page's view state and the sink that mirrors it into the address bar (see `sync_url`)."""
     return [dcc.Store(id=store_id, data=view), html.Div(id=f"{store_id}-sink", hidden=True)]
+
+
+def view_patch(**changes) -> Patch:
+    """A partial update of a view store: several callbacks write a page's view (controls, zoom, clicks, jobs), and
+    a Patch changes only its own keys, so one never undoes another's change that it had not seen yet."""
+    patch = Patch()
+    for key, value in changes.items():
+        patch[key] = value
+    return patch
 
 
 def sync_url(store_id: str) -> None:
@@ -70,7 +81,10 @@ def progress_bar(status: str, progress: float, phase: str = "") -> html.Div:
 
 
 def role_chip(role: str) -> html.Span:
-    return html.Span(role, className="role-chip", style={"background": ROLE_COLORS.get(role, "#999")})
+    """A role's name on its colour (static/ssah.css .role-SCU etc.: the same colours as the figures)."""
+    known = role in ROLE_COLORS
+    return html.Span(role, className=f"role-chip role-{role}" if known else "role-chip",
+                     title=ROLE_NAMES.get(role))
 
 
 RIGHT = {"harmful": "refused", "benign": "complied"}  # the outcome a careful model gives each kind of prompt

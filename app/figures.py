@@ -1,5 +1,16 @@
 """Plotly figures drawn from the API's answers: per-layer role bars, role transitions and SCU overlap, and a
-figure that says in words why there is nothing to draw."""
+figure that says in words why there is nothing to draw; and the dashboard's one colour language.
+
+Three categorical palettes, each used for one kind of thing only and never for another:
+- ROLE_COLORS: the four roles, wherever a role appears (bars, map, scatter, chips, compare);
+- OUTCOME_COLORS: a verdict judged by its outcome (Okabe-Ito green right, vermillion wrong, grey neither), also for
+  better / worse changes;
+- CONDITION_COLORS: the model as it is against the intervened one (baseline vs pruned, run A vs run B, the series
+  of a sweep).
+They are chosen to stay apart under protanopia, deuteranopia and tritanopia (tests/ui/test_colours.py measures
+it); the roles pair two strong colours for the specific roles (SCU, UCU) with two pale ones for the bulk (CU, RU).
+Neutral ink (INK) draws text, reference lines and statistics that belong to no palette.
+"""
 from __future__ import annotations
 
 import plotly.graph_objects as go
@@ -7,7 +18,46 @@ from plotly.subplots import make_subplots
 
 from backend.constants import ROLE_NAMES, ROLES  # noqa: F401  (the pages take them from here)
 
-ROLE_COLORS = {"SCU": "#d7263d", "UCU": "#1b6fd1", "CU": "#b9c0ca", "RU": "#f0a030"}
+ROLE_COLORS = {"SCU": "#7B3294", "UCU": "#FFB000", "CU": "#BFE3F2", "RU": "#E8DFB0"}
+OUTCOME_COLORS = {"right": "#009E73", "wrong": "#D55E00", "broken": "#6b6b6b"}  # as static/ssah.css .outcome-*
+CONDITION_COLORS = {"baseline": "#56B4E9", "intervened": "#785EF0"}
+INK = "#1f2933"
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def mix(color: str, other: str, amount: float) -> str:
+    """`color` moved `amount` (0..1) of the way to `other`, in sRGB: tints (towards white) and shades (ink)."""
+    a, b = _rgb(color), _rgb(other)
+    return "#" + "".join(f"{round(x + (y - x) * amount):02x}" for x, y in zip(a, b))
+
+
+def is_pale(color: str) -> bool:
+    """Whether dark text (and a darker outline or line) is needed on this colour (relative luminance > 0.45)."""
+    lin = [(c / 255) / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in _rgb(color)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2] > 0.45
+
+
+def role_line(role: str) -> str:
+    """The role's colour for thin marks (lines, outlines) on white: pale roles darkened enough to be seen."""
+    color = ROLE_COLORS[role]
+    return mix(color, INK, 0.45) if is_pale(color) else color
+
+
+def role_ramp(role: str) -> list[str]:
+    """Light to dark in the role's hue, for a continuous measure of one role (its share, its density)."""
+    color = ROLE_COLORS[role]
+    return [mix(color, "#ffffff", 0.8), color, mix(color, INK, 0.55 if is_pale(color) else 0.35)]
+
+
+def role_label(role: str) -> str:
+    """A role's name led by a square of its colour, for plotly text (tick labels, titles)."""
+    return f'<span style="color:{ROLE_COLORS[role]}">■</span> {role}'
+
+
+SEQUENTIAL = [[0, "#ffffff"], [1, "#243b53"]]  # counts with no category (the transition matrix): white to the accent
 
 # A small explicit template instead of plotly's default one (which adds about 8 kB to every figure sent).
 LAYOUT = dict(template=go.layout.Template(), font=dict(family="Inter, system-ui, sans-serif", size=12,
@@ -73,37 +123,47 @@ def layer_bars_figure(per_layer: list[dict]) -> dict:
 
 
 def transitions_figure(transfer: dict, weight: str = "units") -> go.Figure:
-    """The 4 x 4 role transition matrix (rows: role in run A, columns: role in run B), annotated."""
+    """The 4 x 4 role transition matrix (rows: role in run A, columns: role in run B), annotated; the role names
+    carry their colours, the cells a neutral scale (a count, not a role)."""
     matrix = transfer[f"transitions_{weight}"]
     roles = transfer.get("roles", list(ROLES))
     z = [[matrix[a][b] for b in roles] for a in roles]
     rows_total = [max(sum(row), 1) for row in z]
     text = [[f"{v:,}<br>({v / rows_total[i]:.0%} of {roles[i]})" for v in row] for i, row in enumerate(z)]
     figure = go.Figure(go.Heatmap(z=z, x=[f"B: {r}" for r in roles], y=[f"A: {r}" for r in roles], text=text,
-                                  texttemplate="%{text}", colorscale="Blues", showscale=False,
+                                  texttemplate="%{text}", colorscale=SEQUENTIAL, showscale=False,
                                   hovertemplate="%{y} → %{x}: %{z:,} " + weight + "<extra></extra>"))
     figure.update_layout(LAYOUT, title=dict(text=f"Role transitions A → B ({weight})"), height=380,
-                         yaxis=dict(autorange="reversed"))
+                         margin=dict(l=84, r=20, t=40, b=40),
+                         xaxis=dict(tickmode="array", tickvals=[f"B: {r}" for r in roles],
+                                    ticktext=[f"B: {role_label(r)}" for r in roles]),
+                         yaxis=dict(autorange="reversed", tickmode="array", tickvals=[f"A: {r}" for r in roles],
+                                    ticktext=[f"A: {role_label(r)}" for r in roles]))
     return figure
 
 
 def scu_overlap_figure(transfer: dict) -> go.Figure:
-    """SCU in A, in B and in both, per layer, with the per-layer Jaccard index; MLP and attention apart."""
+    """SCU in A, in B and in both, per layer, with the per-layer Jaccard index; MLP and attention apart. A and B
+    take the condition colours (before / after), the units in both a hatched ink bar, Jaccard an ink line."""
     per_layer = transfer["scu_per_layer"]
     modules = [m for m in ("mlp", "attn") if any(row["module"] == m for row in per_layer)]
     titles = {"mlp": "MLP channels: SCU per layer", "attn": "attention heads: SCU per layer"}
     figure = make_subplots(rows=len(modules) or 1, cols=1, subplot_titles=[titles[m] for m in modules],
                            specs=[[{"secondary_y": True}] for _ in modules] or [[{}]], vertical_spacing=0.16)
+    bars = (("scu_a", "SCU in A", dict(color=CONDITION_COLORS["baseline"])),
+            ("scu_b", "SCU in B", dict(color=CONDITION_COLORS["intervened"])),
+            ("both", "SCU in both", dict(color="#ffffff", line=dict(color=INK, width=1),
+                                         pattern=dict(shape="x", fgcolor=INK, size=5))))
     for i, module in enumerate(modules, start=1):
         rows = [row for row in per_layer if row["module"] == module]
         layers = [row["layer"] for row in rows]
-        for key, name, color in (("scu_a", "SCU in A", "#f29aa6"), ("scu_b", "SCU in B", "#8fb8ea"),
-                                 ("both", "SCU in both", ROLE_COLORS["SCU"])):
+        for key, name, marker in bars:
             figure.add_trace(go.Bar(x=layers, y=[row[key] for row in rows], name=name, legendgroup=key,
-                                    showlegend=i == 1, marker_color=color), row=i, col=1)
+                                    showlegend=i == 1, marker=marker), row=i, col=1)
         figure.add_trace(go.Scatter(x=layers, y=[row["jaccard"] for row in rows], name="Jaccard", mode="lines+markers",
-                                    legendgroup="jaccard", showlegend=i == 1, line=dict(color="#1f2933"),
-                                    connectgaps=False), row=i, col=1, secondary_y=True)
+                                    legendgroup="jaccard", showlegend=i == 1, line=dict(color=INK, dash="dot"),
+                                    marker=dict(symbol="diamond", color=INK), connectgaps=False),
+                         row=i, col=1, secondary_y=True)
         figure.update_yaxes(title_text="units", row=i, col=1, secondary_y=False, **AXIS)
         figure.update_yaxes(title_text="Jaccard", range=[0, 1.05], dtick=0.25, row=i, col=1, secondary_y=True,
                             showgrid=False)
@@ -116,10 +176,11 @@ def scu_overlap_figure(transfer: dict) -> go.Figure:
 
 
 def preview_metrics_figure(baseline: dict, pruned: dict | None) -> go.Figure:
-    """ASR, over-refusal and degenerate rate, baseline beside pruned."""
+    """ASR, over-refusal and degenerate rate, baseline beside pruned (condition colours, never a role's)."""
     metrics = [("asr", "ASR"), ("over_refusal", "over-refusal"), ("degenerate_rate", "degenerate")]
     figure = go.Figure()
-    for name, result, color in (("baseline", baseline, "#8a94a3"), ("pruned", pruned, ROLE_COLORS["SCU"])):
+    for name, result, color in (("baseline", baseline, CONDITION_COLORS["baseline"]),
+                                ("pruned", pruned, CONDITION_COLORS["intervened"])):
         if result is None:
             continue
         values = [result.get(key) for key, _ in metrics]

@@ -1,19 +1,23 @@
 """Dashboard cost on a synthetic Llama-3-8B-sized run (32 layers x 14,336 MLP channels + 32 x 32 heads = 459,776
 units), served as `ssah serve` serves it and drawn in headless Chromium. Prints a markdown section.
 
-    python benchmarks/dashboard.py [--moves 5]
+    python benchmarks/dashboard.py [--moves 5] [--zooms 3] [--write docs/benchmarks.md]
 
 1. bytes the overview sends to the browser: its data (layout and callback answers, target <= 2 MB) and, apart, the
    static scripts (plotly.js and Dash, cached after the first visit);
 2. time to draw: from the moment the figures' data has arrived to the moment plotly has drawn the last of them
    (target <= 2 s);
 3. a threshold slider move: server time of the callback that recomputes counts, bars, map and scatter (time to
-   first byte, target <= 300 ms), of the API's `GET /runs/{id}/roles` alone, and the redraw in the browser.
+   first byte, target <= 300 ms), of the API's `GET /runs/{id}/roles` alone, and the redraw in the browser;
+4. a zoom on the MLP role map (a plotly relayout, as a drag makes): server time of the callback that re-bins the
+   window (time to first byte, target <= 300 ms), the same re-binning in process (`RunMap.map_figure` alone), and
+   the redraw.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -23,21 +27,22 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "ui"))
 
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from uikit import browser, free_port, serve_stack, wait_until  # noqa: E402
+from uikit import browser, free_port, register_run, serve_stack, synthetic_units, wait_until  # noqa: E402
 
-from backend.engine.roles import Thresholds, classify  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 
 HEADING = "## Dashboard (issue: dashboard)"
 DATA_ROUTES = ("layout", "dependencies", "update-component")  # the rest of /_dash-* is scripts
 GRAPHS = ("ov-bars", "ov-map-mlp", "ov-map-attn", "ov-scatter")
+ZOOMS = ((0, 7168), (1000, 3000), (1500, 1756), (1600, 1650), None)  # MLP map positions; None: zoom out
+RELAYOUT = ("const gd = document.querySelector('#ov-map-mlp .js-plotly-plot');"
+            "window.Plotly.relayout(gd, arguments[0]);")
 
 # Records when each Dash callback answer has been parsed and when plotly has finished (and painted) each graph.
 HOOKS = """
@@ -80,51 +85,6 @@ window.__ssah = {answers: [], draws: []};
 """
 
 
-def synthetic_units(seed: int = 0) -> pd.DataFrame:
-    """Units of a Llama-3-8B-shaped model (GQA 32 query / 8 kv heads of 128, hidden 4096) with correlated z-scores
-    and roles classified at the default thresholds."""
-    rng = np.random.default_rng(seed)
-    layers, channels, heads, hidden, head_dim, kv_heads = 32, 14336, 32, 4096, 128, 8
-    head_params = 2 * head_dim * hidden + 2 * head_dim * hidden * kv_heads // heads
-    parts = []
-    for layer in range(layers):
-        for module, n, params in (("attn", heads, head_params), ("mlp", channels, 3 * hidden)):
-            z_safety = rng.standard_normal(n)
-            parts.append(pd.DataFrame({"layer": layer, "module": module, "unit": np.arange(n), "params": params,
-                                       "z_safety": z_safety,
-                                       "z_utility": 0.6 * z_safety + 0.8 * rng.standard_normal(n)}))
-    units = pd.concat(parts, ignore_index=True)
-    units["score_safety"], units["score_utility"] = np.exp(units.z_safety), np.exp(units.z_utility)
-    units["role"] = classify(units.z_safety.to_numpy(), units.z_utility.to_numpy(), units.params.to_numpy())
-    return units[["layer", "module", "unit", "params", "score_safety", "score_utility", "z_safety", "z_utility",
-                  "role"]]
-
-
-def register_run(settings: Settings, units: pd.DataFrame) -> str:
-    """A finished run in the service's store (the API has no import route): its folder, then its record."""
-    from backend.store.db import make_engine, session_factory
-    from backend.store.tables import Job, Run, new_id, utcnow
-
-    run_id = new_id()
-    folder = settings.runs_dir / run_id
-    folder.mkdir(parents=True)
-    units.to_parquet(folder / "units.parquet", index=False)
-    manifest = {"model": {"name": "synthetic-llama-3-8b", "architecture": "llama", "parameters": 8_030_261_248},
-                "datasets": {}, "thresholds": Thresholds().as_dict(), "positions": "response"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    sessions = session_factory(make_engine(settings.database_url))
-    with sessions.begin() as session:
-        now = utcnow()
-        session.add(Run(id=run_id, status="succeeded", model="synthetic-llama-3-8b", model_path="synthetic",
-                        settings={"thresholds": Thresholds().as_dict(), "safety": "synthetic",
-                                  "utility": "synthetic", "samples": 0},
-                        cache_key=f"synthetic-{run_id}", result_dir=run_id, manifest=manifest))
-        session.flush()
-        session.add(Job(kind="attribution", run_id=run_id, request={"run_id": run_id}, status="succeeded",
-                        progress=1.0, phase="synthetic", started_at=now, finished_at=now))
-    return run_id
-
-
 def resources(driver) -> list[dict]:
     return driver.execute_script(
         "return performance.getEntriesByType('resource').map(e => ({name: e.name, start: e.requestStart, "
@@ -161,10 +121,16 @@ def figures_answer(driver, after: int) -> dict:
         raise
 
 
+def window_name(window: tuple[int, int] | None) -> str:
+    return "all" if window is None else f"{window[0]}-{window[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--moves", type=int, default=5, help="slider moves to time")
+    parser.add_argument("--zooms", type=int, default=3, help="rounds of the zoom sequence to time")
     parser.add_argument("--debug", action="store_true", help="print the page's timing records")
+    parser.add_argument("--write", type=Path, default=None, help="replace this benchmark's section of that file")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ssah-dash-bench-") as tmp:
@@ -216,39 +182,89 @@ def main() -> None:
                 entry = max(entry, key=lambda e: e["size"])
                 moves.append({"h_scu": round(float(value), 3), "server_ms": entry["first"] - entry["start"],
                               "draw_ms": drawn - answer["t"], "bytes": entry["size"]})
+            zooms = []
+            for _ in range(args.zooms):
+                for window in ZOOMS:
+                    seen = len(driver.execute_script("return window.__ssah.answers"))
+                    n_entries = len(resources(driver))
+                    driver.execute_script(RELAYOUT, {"xaxis.autorange": True} if window is None else
+                                          {"xaxis.range[0]": window[0] - 0.5, "xaxis.range[1]": window[1] - 0.5})
+                    answer = figures_answer(driver, seen)
+                    drawn = drawn_after(driver, answer["t"], ("ov-map-mlp",))
+                    entry = [e for e in resources(driver)[n_entries:] if "_dash-update-component" in e["name"]]
+                    entry = max(entry, key=lambda e: e["size"])
+                    title = driver.execute_script("return document.querySelector('#ov-map-mlp .js-plotly-plot')"
+                                                  ".layout.title.text")
+                    zooms.append({"window": window, "server_ms": entry["first"] - entry["start"],
+                                  "draw_ms": drawn - answer["t"], "bytes": entry["size"],
+                                  "cell": title.rsplit("(", 1)[-1].rstrip(")")})
             roles_ms = []
             for value in np.linspace(0.005, 0.1, 20):
                 t = time.perf_counter()
                 assert api.get(f"/runs/{run_id}/roles", params={"h_scu": round(float(value), 4)}).status_code == 200
                 roles_ms.append(1000 * (time.perf_counter() - t))
 
+    from app.rolemap import RunMap
+
+    runmap = RunMap(units)
+    roles = runmap.at(0.1, 0.01, 0.05)
+    in_process = {}
+    for window in ZOOMS:
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            runmap.map_figure("mlp", roles, x=window)
+            times.append(1000 * (time.perf_counter() - t))
+        in_process[window] = statistics.median(times)
+
     med = statistics.median
-    print(f"{HEADING}\n")
-    print(f"Synthetic Llama-3-8B-sized run: {len(units):,} units (32 x 14,336 MLP channels + 32 x 32 heads), built "
-          f"and stored in {made:.1f} s; service, dashboard and headless Chromium "
-          f"({platform.processor() or platform.machine()}, {platform.system()}) on one machine, loopback.\n")
-    print("| measure | value | target |\n|---|---|---|")
-    print(f"| overview data sent to the browser (page, layout, callback answers) | {data_bytes / 1e6:.2f} MB | "
-          "<= 2 MB |")
-    print(f"| of which the figures' answer (counts, bars, role maps, scatter) | {first['bytes'] / 1e6:.2f} MB | |")
-    print("| of which the rest | " + ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in breakdown.items()
-                                           if k != "update-component") +
-          f", other callback answers {(breakdown.get('update-component', 0) - first['bytes']) / 1e3:.0f} kB | |")
-    print(f"| static scripts and styles (plotly.js, Dash; cached after the first visit) | "
-          f"{static_bytes / 1e6:.2f} MB | |")
-    print(f"| draw after the data arrived, first view | {first['draw_ms'] / 1000:.2f} s | <= 2 s |")
-    print(f"| first view, server time (downloads the 460k-unit table from the API once, builds the map) | "
-          f"{first['server_ms'] / 1000:.2f} s | |")
-    print(f"| first view, open to drawn | {first_view_s:.2f} s | |")
-    print(f"| slider move, server time (roles via the API, counts, bars, maps, scatter), median of "
-          f"{len(moves)} | {med(m['server_ms'] for m in moves):.0f} ms (max {max(m['server_ms'] for m in moves):.0f})"
-          " | <= 300 ms |")
-    print(f"| slider move, `GET /runs/{{id}}/roles` alone, median of {len(roles_ms)} | {med(roles_ms):.0f} ms | |")
-    print(f"| slider move, redraw after the data arrived, median | {med(m['draw_ms'] for m in moves) / 1000:.2f} s "
-          "| <= 2 s |")
-    print(f"| slider move, data sent, median | {med(m['bytes'] for m in moves) / 1e6:.2f} MB | <= 2 MB |")
-    print("\nPer move: " + "; ".join(f"h_SCU {m['h_scu']:g}: server {m['server_ms']:.0f} ms, draw "
-                                     f"{m['draw_ms']:.0f} ms, {m['bytes'] / 1e6:.2f} MB" for m in moves))
+    machine = platform.processor() or platform.machine()
+    lines = [f"{HEADING}", "",
+             f"Command: `python benchmarks/dashboard.py --moves {args.moves} --zooms {args.zooms}`. Synthetic "
+             f"Llama-3-8B-sized run: {len(units):,} units (32 x 14,336 MLP channels + 32 x 32 heads), built and "
+             f"stored in {made:.1f} s; service, dashboard and headless Chromium ({machine}, "
+             f"{os.cpu_count()} CPUs, {platform.system()}, load average "
+             f"{os.getloadavg()[0]:.1f} at the end) on one machine, loopback; all figures from this one run.", "",
+             "| measure | value | target |", "|---|---|---|",
+             f"| overview data sent to the browser (page, layout, callback answers) | {data_bytes / 1e6:.2f} MB | "
+             "<= 2 MB |",
+             f"| of which the figures' answer (counts, bars, role maps, scatter) | {first['bytes'] / 1e6:.2f} MB | |",
+             "| of which the rest | " + ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in breakdown.items()
+                                               if k != "update-component")
+             + f", other callback answers {(breakdown.get('update-component', 0) - first['bytes']) / 1e3:.0f} kB | |",
+             f"| static scripts and styles (plotly.js, Dash; cached after the first visit) | "
+             f"{static_bytes / 1e6:.2f} MB | |",
+             f"| draw after the data arrived, first view | {first['draw_ms'] / 1000:.2f} s | <= 2 s |",
+             f"| first view, server time (downloads the 460k-unit table from the API once, builds the map) | "
+             f"{first['server_ms'] / 1000:.2f} s | |",
+             f"| first view, open to drawn | {first_view_s:.2f} s | |",
+             f"| slider move, server time (roles via the API, counts, bars, maps, scatter), median of {len(moves)} | "
+             f"{med(m['server_ms'] for m in moves):.0f} ms (max {max(m['server_ms'] for m in moves):.0f}) | "
+             "<= 300 ms |",
+             f"| slider move, `GET /runs/{{id}}/roles` alone, median of {len(roles_ms)} | {med(roles_ms):.0f} ms | |",
+             f"| slider move, redraw after the data arrived, median | {med(m['draw_ms'] for m in moves) / 1000:.2f} s "
+             "| <= 2 s |",
+             f"| slider move, data sent, median | {med(m['bytes'] for m in moves) / 1e6:.2f} MB | <= 2 MB |",
+             f"| zoom re-bin of the MLP map, server time (access check via the API, re-bin, encode), median of "
+             f"{len(zooms)} | {med(z['server_ms'] for z in zooms):.0f} ms "
+             f"(max {max(z['server_ms'] for z in zooms):.0f}) | <= 300 ms |",
+             f"| zoom re-bin, `RunMap.map_figure` alone in process, median over the windows | "
+             f"{med(in_process.values()):.0f} ms (max {max(in_process.values()):.0f}) | |",
+             f"| zoom, redraw after the data arrived, median | {med(z['draw_ms'] for z in zooms) / 1000:.2f} s | |",
+             "",
+             "Per slider move: " + "; ".join(f"h_SCU {m['h_scu']:g}: server {m['server_ms']:.0f} ms, draw "
+                                             f"{m['draw_ms']:.0f} ms, {m['bytes'] / 1e6:.2f} MB" for m in moves) + ".",
+             "",
+             "Per zoom window (positions of the ranked MLP map, first round; in process: median of 5): "
+             + "; ".join(f"{window_name(z['window'])} ({z['cell']}): server {z['server_ms']:.0f} ms, in process "
+                         f"{in_process[z['window']]:.0f} ms, draw {z['draw_ms']:.0f} ms, {z['bytes'] / 1e3:.0f} kB"
+                         for z in zooms[:len(ZOOMS)]) + "."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        from attribution import replace_section
+
+        replace_section(args.write, HEADING, text)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dash
 import plotly.graph_objects as go
-from dash import Input, Output, Patch, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app.client import ApiError
 from app.components import (
@@ -22,12 +22,14 @@ from app.components import (
     page_link,
     progress_bar,
     rate_text,
+    role_chip,
     shared_banner,
     sync_url,
     verdict_badge,
+    view_patch,
     view_store,
 )
-from app.figures import AXIS, LAYOUT, ROLE_COLORS, ROLES, message_figure, preview_metrics_figure
+from app.figures import AXIS, CONDITION_COLORS, INK, LAYOUT, ROLES, message_figure, preview_metrics_figure
 
 dash.register_page(__name__, path_template="/runs/<run_id>/intervene", title="ssah · intervene", name="Intervene")
 
@@ -36,6 +38,13 @@ REFERENCES = [
      "value": "default"},
     {"label": "safety mean", "value": "safety"}, {"label": "utility mean", "value": "utility"},
     {"label": "pooled mean", "value": "pooled"}, {"label": "zero", "value": "zero"}]
+
+
+def _role_options() -> list[dict]:
+    """The role groups to choose from, as chips in the roles' colours."""
+    return [{"label": role_chip(role), "value": role} for role in ROLES]
+
+
 SWEEP_DEFAULT = "0.0025,0.005,0.01,0.02,0.05"
 FILTERS = [{"label": "all", "value": "all"}, {"label": "harmful prompts", "value": "harmful"},
            {"label": "benign prompts", "value": "benign"}, {"label": "verdict changed", "value": "changed"}]
@@ -80,7 +89,7 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
             html.Div([
                 html.H2("Prune"),
                 html.Label("role groups"),
-                dcc.Checklist(id="iv-groups", options=list(ROLES), value=view["groups"], inline=True,
+                dcc.Checklist(id="iv-groups", options=_role_options(), value=view["groups"], inline=True,
                               className="radio-inline"),
                 html.Div([html.Label("top fraction of CU", htmlFor="iv-cu"),
                           dcc.Input(id="iv-cu", type="number", min=0, max=1, step="any", value=view["cu"],
@@ -144,8 +153,8 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
                                          value=view["ft_mode"], inline=True, className="radio-inline")],
                          className="field"),
                 html.Div([html.Label("groups"),
-                          dcc.Checklist(id="iv-ft-groups", options=list(ROLES), value=view["ft_freeze"], inline=True,
-                                        className="radio-inline")], className="field"),
+                          dcc.Checklist(id="iv-ft-groups", options=_role_options(), value=view["ft_freeze"],
+                                        inline=True, className="radio-inline")], className="field"),
                 html.Div([html.Label("top fraction of CU", htmlFor="iv-ft-cu"),
                           dcc.Input(id="iv-ft-cu", type="number", min=0, max=1, step="any", value=view["ft_cu"],
                                     debounce=True)], className="field"),
@@ -189,18 +198,9 @@ def _catalog(_, view):
           State("iv-view", "data"), prevent_initial_call=True)
 def _view(groups, cu, random, controls, reference, harmful, benign, utility, limit, tokens, ft_groups, ft_cu,
           ft_mode, ft_data, ft_steps, view):
-    return _patch(groups=groups, cu=cu, random=bool(random), controls=5 if controls else 0, reference=reference, harmful=harmful, benign=benign,
-                  utility=utility, limit=limit, tokens=tokens, ft_freeze=ft_groups, ft_cu=ft_cu, ft_mode=ft_mode,
-                  ft_data=ft_data, ft_steps=ft_steps)
-
-
-def _patch(**changes) -> Patch:
-    """A partial update of the view: several callbacks write it (controls, preview, sweep, fine-tune), and a
-    Patch changes only its own keys, so one never undoes another's change that it had not seen yet."""
-    patch = Patch()
-    for key, value in changes.items():
-        patch[key] = value
-    return patch
+    return view_patch(groups=groups, cu=cu, random=bool(random), controls=5 if controls else 0, reference=reference,
+                      harmful=harmful, benign=benign, utility=utility, limit=limit, tokens=tokens, ft_freeze=ft_groups,
+                      ft_cu=ft_cu, ft_mode=ft_mode, ft_data=ft_data, ft_steps=ft_steps)
 
 
 def _eval_body(view: dict) -> dict:
@@ -238,7 +238,7 @@ def _start(_, view):
         accepted = api(view.get("token")).create_preview(view["_run"], body)
     except ApiError as error:
         return no_update, error_box(error, "the preview was not started")
-    return _patch(job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
+    return view_patch(job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
 
 
 def _sweep_fractions(text: str) -> list[float]:
@@ -269,9 +269,9 @@ def _start_sweep(_, text, view):
         try:
             jobs.append(client.create_preview(view["_run"], {"prune": prune, "eval": evaluation})["job_id"])
         except ApiError as error:
-            return _patch(sweep=",".join(jobs), sweep_group=group), error_box(error, f"the sweep stopped at "
+            return view_patch(sweep=",".join(jobs), sweep_group=group), error_box(error, f"the sweep stopped at "
                                                                                       f"{fraction:g}")
-    return _patch(sweep=",".join(jobs), sweep_group=group), None
+    return view_patch(sweep=",".join(jobs), sweep_group=group), None
 
 
 @callback(Output("iv-view", "data", allow_duplicate=True), Output("iv-ft-progress", "children"),
@@ -288,7 +288,7 @@ def _start_finetune(_, view):
         accepted = api(view.get("token")).create_finetune(view["_run"], body)
     except ApiError as error:
         return no_update, error_box(error, "the fine-tune was not started")
-    return _patch(ft_job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
+    return view_patch(ft_job=accepted["job_id"]), progress_bar("queued", 0.0, "queued")
 
 
 @callback(Output("iv-progress", "children", allow_duplicate=True), Output("iv-result", "children"),
@@ -451,7 +451,7 @@ def _reply(side: dict, kind: str) -> html.Td:
 @callback(Output("iv-view", "data", allow_duplicate=True), Input("iv-show", "value"), State("iv-view", "data"),
           prevent_initial_call=True)
 def _filter(show, view):
-    return no_update if view.get("show") == show else _patch(show=show)
+    return no_update if view.get("show") == show else view_patch(show=show)
 
 
 def _sweep(client, jobs: list[str], view: dict):
@@ -481,11 +481,15 @@ def _sweep(client, jobs: list[str], view: dict):
     base = points[0][2]  # every preview measures the unpruned model too: it is the sweep's point at 0
     xs = [0.0] + [p[0] for p in points]
     figure = go.Figure()
-    for name, metric, color, dash_ in (("ASR", "asr", ROLE_COLORS["SCU"], "solid"),
-                                       (label, key, ROLE_COLORS["UCU"], "solid"),
-                                       ("degenerate", "degenerate_rate", "#7b4fb8", "dot")):
+    # the series of a baseline-vs-pruned chart: ink and the condition colours (never a role's or a verdict's),
+    # told apart by dash and marker too
+    for name, metric, color, dash_, symbol in (("ASR", "asr", INK, "solid", "circle"),
+                                               (label, key, CONDITION_COLORS["baseline"], "dash", "square"),
+                                               ("degenerate", "degenerate_rate", CONDITION_COLORS["intervened"],
+                                                "dot", "diamond")):
         figure.add_trace(go.Scatter(x=xs, y=[base.get(metric)] + [p[1].get(metric) for p in points], name=name,
                                     mode="lines+markers", line=dict(color=color, dash=dash_),
+                                    marker=dict(symbol=symbol, color=color),
                                     text=["unpruned"] + [p[3] for p in points],
                                     hovertemplate=f"%{{text}}: {name} %{{y:.0%}}<extra></extra>"))
     figure.update_layout(LAYOUT, height=340, xaxis=dict(title="pruned share of unit parameters", tickformat=".1%",
@@ -511,7 +515,7 @@ def _finetune_result(report: dict) -> html.Div:
     log = report.get("training") or {}
     losses = log.get("losses") or log.get("loss") or []
     if isinstance(losses, list) and losses:
-        figure = go.Figure(go.Scatter(y=losses, mode="lines", line=dict(color="#1f2933")))
+        figure = go.Figure(go.Scatter(y=losses, mode="lines", line=dict(color=INK)))
         figure.update_layout(LAYOUT, height=240, title=dict(text="training loss"),
                              xaxis=dict(title="step", **AXIS), yaxis=dict(title="loss", **AXIS))
         parts.append(dcc.Graph(figure=figure, config={"displaylogo": False}))

@@ -1,12 +1,15 @@
-"""Run overview `/runs/{id}`: role counts and parameter shares, per-layer role bars, the role map, the z-score
-scatter with its threshold lines, and sliders that recompute the roles at other thresholds.
+"""Run overview `/runs/{id}`: role counts and parameter shares, per-layer role bars, the role map (zoomed and
+re-binned on the server, down to single units; a click lists a cell's units with links to their pages), the
+z-score scatter with its threshold lines, and sliders that recompute the roles at other thresholds.
 
-View state in the URL: h_ru, h_scu, h_ucu (default: the run's own), color (role | SCU | UCU | CU | RU), token.
+View state in the URL: h_ru, h_scu, h_ucu (default: the run's own), color (role | SCU | UCU | CU | RU), order
+(role | index), mlp_x / attn_x (the positions [start, stop) a map shows), mlp_y / attn_y (its first and last
+layer), pick (the cell listed: module,layer,start,stop; or bin,column,row of the scatter), token.
 """
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from app.client import ApiError
 from app.components import (
@@ -21,10 +24,11 @@ from app.components import (
     role_chip,
     shared_banner,
     sync_url,
+    view_patch,
     view_store,
 )
 from app.figures import ROLE_NAMES, ROLES, layer_bars_figure, message_figure
-from app.rolemap import RUN_MAPS
+from app.rolemap import COLORS, LISTED, MODULE_NAMES, MODULE_PLURALS, ORDERS, RUN_MAPS, RunMap, zoom_of
 from backend.constants import DEFAULT_THRESHOLDS
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="ssah · run", name="Run overview")
@@ -32,20 +36,54 @@ dash.register_page(__name__, path_template="/runs/<run_id>", title="ssah · run"
 SLIDERS = {"h_ru": ("h_RU: redundant, bottom of z_S + z_U", 0.5, 0.005),
            "h_scu": ("h_SCU: safety-critical, top of z_S − z_U", 0.1, 0.001),
            "h_ucu": ("h_UCU: utility-critical, bottom of z_S − z_U", 0.3, 0.005)}
-COLORS = [{"label": "role", "value": "role"}] + [{"label": f"{r} share", "value": r} for r in ROLES]
+COLOR_OPTIONS = [{"label": "role", "value": "role"}] + [{"label": f"{r} share", "value": r} for r in ROLES]
+ORDER_OPTIONS = [{"label": "ranked by role", "value": "role"}, {"label": "by index", "value": "index"}]
+MODULES = ("mlp", "attn")
+MAP_NOTE = ("Each row is a layer. Ranked by role, a row holds its units from safety-leaning to utility-leaning "
+            "(SCU, CU, RU, UCU, each by descending z_S − z_U), so each role fills a run of cells as long as its share "
+            "of the layer, and its area in the map is its share of the module's parameters. A cell of several units "
+            "takes the role of its middle unit; the hover gives its counts. Drag to zoom: the window is re-binned "
+            "down to one unit per cell (double-click zooms out). Click a cell to list its units. The share views "
+            "colour each cell by one role's share of its parameters.")
 
 
-def layout(run_id: str | None = None, token: str | None = None, color: str | None = None, **query):
+def _pair(text) -> list[int] | None:
+    """'start,stop' from the URL as two integers, or None."""
+    try:
+        a, b = (int(float(v)) for v in str(text).split(","))
+    except (TypeError, ValueError):
+        return None
+    return [a, b]
+
+
+def _pick_of(text) -> list | None:
+    """'mlp,layer,start,stop' (a map cell) or 'bin,column,row' (a scatter bin) from the URL, or None."""
+    parts = str(text or "").split(",")
+    try:
+        if parts[0] in MODULES and len(parts) == 4:
+            return [parts[0], *(int(v) for v in parts[1:])]
+        if parts[0] == "bin" and len(parts) == 3:
+            return ["bin", int(parts[1]), int(parts[2])]
+    except ValueError:
+        pass
+    return None
+
+
+def layout(run_id: str | None = None, token: str | None = None, color: str | None = None,
+           order: str | None = None, pick: str | None = None, **query):
     try:
         run = api(token).run(run_id)
     except ApiError as error:
         return html.Div([html.H1(f"Run {run_id}"), error_box(error, "this run cannot be shown")])
     stored = {**DEFAULT_THRESHOLDS, **(run.get("settings") or {}).get("thresholds", {})}
     values = {k: number(query.get(k), stored[k]) for k in SLIDERS}
-    view = {"_run": run_id, **values, "color": color if color in ("role", *ROLES) else "role", "token": token,
-            "_stored": stored}
+    view = {"_run": run_id, **values, "color": color if color in COLORS else "role",
+            "order": order if order in ORDERS else "role", "pick": _pick_of(pick), "token": token, "_stored": stored,
+            **{f"{m}_{axis}": _pair(query.get(f"{m}_{axis}")) for m in MODULES for axis in "xy"}}
     return html.Div([
         *view_store("ov-view", view),
+        dcc.Store(id="ov-drawn"),  # what the figures show now (see _draw)
+        dcc.Location(id="ov-go", refresh="callback-nav"),  # a click on a scatter point opens its unit's page
         dcc.Interval(id="ov-poll", interval=1500, disabled=run["status"] not in ACTIVE),
         shared_banner(token),
         html.Div([
@@ -78,16 +116,19 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
                      className="card"),
         html.Section([
             html.Div([html.H2("Role map"),
-                      dcc.RadioItems(id="ov-color", options=COLORS, value=view["color"], inline=True,
-                                     className="radio-inline")], className="card-head"),
-            html.P("Layers by units, coloured by role. Where a cell holds many MLP channels it takes the role most "
-                   "over-represented in it (its share of the cell's parameters over its share of all); hover "
-                   "names the cell and its scores. The share views colour each cell by one role's share.",
-                   className="muted"),
+                      html.Div([html.Span("colour", className="control-name"),
+                                dcc.RadioItems(id="ov-color", options=COLOR_OPTIONS, value=view["color"], inline=True,
+                                               className="radio-inline"),
+                                html.Span("order", className="control-name"),
+                                dcc.RadioItems(id="ov-order", options=ORDER_OPTIONS, value=view["order"],
+                                               inline=True, className="radio-inline")], className="map-controls")],
+                     className="card-head"),
+            html.P(MAP_NOTE, className="muted"),
             dcc.Graph(id="ov-map-mlp", figure=message_figure("loading…"), config={"displaylogo": False}),
             dcc.Graph(id="ov-map-attn", figure=message_figure("loading…"), config={"displaylogo": False}),
+            html.Div(id="ov-units", className="unit-list"),
         ], className="card"),
-        html.Section([dcc.Graph(id="ov-scatter", figure=message_figure("loading…", 460, webgl=True),
+        html.Section([dcc.Graph(id="ov-scatter", figure=message_figure("loading…", 500, webgl=True),
                                 config={"displaylogo": False})], className="card"),
         html.Section([
             html.H2("Export and share"),
@@ -146,12 +187,24 @@ def _count(n: int) -> str:
 sync_url("ov-view")
 
 
-@callback(Output("ov-view", "data"),
+def _runmap(view: dict) -> RunMap:
+    """The run's map, after the API has said (to this caller's token) that it may read the run."""
+    client = api(view.get("token"))
+    client.run(view["_run"])
+    return RUN_MAPS.get(client, view["_run"])
+
+
+@callback(Output("ov-view", "data", allow_duplicate=True),
           Input("ov-h_ru", "value"), Input("ov-h_scu", "value"), Input("ov-h_ucu", "value"),
-          Input("ov-color", "value"), State("ov-view", "data"), prevent_initial_call=True)
-def _view(h_ru, h_scu, h_ucu, color, view):
-    new = {**view, "h_ru": h_ru, "h_scu": h_scu, "h_ucu": h_ucu, "color": color}
-    return no_update if new == view or None in (h_ru, h_scu, h_ucu) else new
+          Input("ov-color", "value"), Input("ov-order", "value"), State("ov-view", "data"), prevent_initial_call=True)
+def _view(h_ru, h_scu, h_ucu, color, order, view):
+    if None in (h_ru, h_scu, h_ucu):
+        return no_update
+    changes = {k: v for k, v in {"h_ru": h_ru, "h_scu": h_scu, "h_ucu": h_ucu, "color": color,
+                                 "order": order}.items() if view.get(k) != v}
+    if "order" in changes:  # positions mean something else in the other order
+        changes.update({f"{m}_x": None for m in MODULES}, pick=None)
+    return view_patch(**changes) if changes else no_update
 
 
 @callback(Output("ov-h_ru", "value"), Output("ov-h_scu", "value"), Output("ov-h_ucu", "value"),
@@ -161,18 +214,35 @@ def _reset(_, view):
     return stored["h_ru"], stored["h_scu"], stored["h_ucu"]
 
 
+def _keys(view: dict) -> dict:
+    """What each group of figures depends on: the roles (counts, bars, scatter) and each map."""
+    return {"roles": [view[k] for k in SLIDERS],
+            **{m: [view.get("color"), view.get("order"), view.get(f"{m}_x"), view.get(f"{m}_y")] for m in MODULES}}
+
+
 @callback(Output("ov-status", "children"), Output("ov-counts", "children"), Output("ov-bars", "figure"),
           Output("ov-map-mlp", "figure"), Output("ov-map-attn", "figure"), Output("ov-scatter", "figure"),
-          Output("ov-poll", "disabled"), Output("ov-intervene", "href"),
-          Input("ov-view", "data"), Input("ov-poll", "n_intervals"))
-def _draw(view, _):
-    """Everything that depends on the thresholds: counts from the API, map and scatter from the units."""
+          Output("ov-poll", "disabled"), Output("ov-intervene", "href"), Output("ov-drawn", "data"),
+          Input("ov-view", "data"), Input("ov-poll", "n_intervals"), State("ov-drawn", "data"))
+def _draw(view, _, drawn):
+    """Everything that depends on the thresholds (counts from the API, bars, scatter) and on the map settings;
+    a figure whose inputs did not change is not sent again (a zoom or a click changes the view too)."""
     client = api(view.get("token"))
     run_id = view["_run"]
+    keys = _keys(view)
+    ready = bool(drawn and drawn.get("ready") and drawn.get("run") == run_id)
+    if ready and all(drawn.get(k) == v for k, v in keys.items()):
+        return (no_update,) * 9
     thresholds = {k: view[k] for k in SLIDERS}
     intervene = page_link(f"/runs/{run_id}/intervene", view.get("token"), **thresholds)
+    same_roles = ready and drawn["roles"] == keys["roles"]
     try:
-        roles = client.roles(run_id, **thresholds)
+        if same_roles:
+            client.run(run_id)  # the caller may still read it
+            t = drawn["t"]
+        else:
+            roles = client.roles(run_id, **thresholds)
+            t = roles["thresholds"]
     except ApiError as error:
         if error.status == 409:  # not finished yet: say where it is
             try:
@@ -183,25 +253,146 @@ def _draw(view, _):
                 status = html.Div([note("The overview appears when this run has succeeded."),
                                    progress_bar(run["status"], run["progress"], run["phase"])])
                 waiting = message_figure(f"run {run['status']}: {run['phase']}")
-                return status, None, waiting, waiting, waiting, waiting, False, intervene
+                return status, None, waiting, waiting, waiting, waiting, False, intervene, {"ready": False}
             return _failed(f"this run {run['status']}: {run.get('error') or 'no units were written'}", intervene)
         return _failed(error, intervene)
     try:
         runmap = RUN_MAPS.get(client, run_id)
     except ApiError as error:
         return _failed(error, intervene)
-    t = roles["thresholds"]
-    codes = runmap.codes(t["h_ru"], t["h_scu"], t["h_ucu"])
-    maps = [runmap.map_figure(m, codes, view.get("color", "role")) if m in runmap.grids
-            else message_figure(f"this model has no {m} units") for m in ("mlp", "attn")]
-    return (None, _counts(roles), layer_bars_figure(roles["per_layer"]), *maps, runmap.scatter_figure(codes), True,
-            intervene)
+    at = runmap.at(t["h_ru"], t["h_scu"], t["h_ucu"])
+    maps = [no_update if same_roles and drawn.get(m) == keys[m] else _map(runmap, m, at, view) for m in MODULES]
+    done = {"ready": True, "run": run_id, **keys, "t": t}
+    if same_roles:
+        return no_update, no_update, no_update, *maps, no_update, True, intervene, done
+    return (None, _counts(roles), layer_bars_figure(roles["per_layer"]), *maps, runmap.scatter_figure(at), True,
+            intervene, done)
+
+
+def _map(runmap: RunMap, module: str, at, view: dict) -> dict:
+    if module not in runmap.grids:
+        return message_figure(f"this model has no {MODULE_PLURALS[module]}")
+    return runmap.map_figure(module, at, view.get("color", "role"), view.get("order", "role"),
+                             view.get(f"{module}_x"), view.get(f"{module}_y"))
 
 
 def _failed(error, intervene):
     text = str(error)
     blank = message_figure(text if len(text) < 90 else "nothing to draw: see the message above")
-    return error_box(error, "roles"), None, blank, blank, blank, blank, True, intervene
+    return error_box(error, "roles"), None, blank, blank, blank, blank, True, intervene, {"ready": False}
+
+
+def _rebin(module: str):
+    """A zoom on a map: re-bin the window shown on the server (down to one unit per cell) and keep it in the
+    view."""
+
+    @callback(Output(f"ov-map-{module}", "figure", allow_duplicate=True),
+              Output("ov-view", "data", allow_duplicate=True), Output("ov-drawn", "data", allow_duplicate=True),
+              Input(f"ov-map-{module}", "relayoutData"), State("ov-view", "data"), State("ov-drawn", "data"),
+              prevent_initial_call=True)
+    def rebin(relayout, view, drawn):
+        if not relayout or not (drawn and drawn.get("ready")):
+            return no_update, no_update, no_update
+        x, y = zoom_of(relayout, view.get(f"{module}_x"), view.get(f"{module}_y"))
+        if [x, y] == [view.get(f"{module}_x"), view.get(f"{module}_y")]:
+            return no_update, no_update, no_update
+        try:
+            runmap = _runmap(view)
+        except ApiError:
+            return no_update, no_update, no_update
+        if module not in runmap.grids:
+            return no_update, no_update, no_update
+        t = drawn["t"]
+        figure = runmap.map_figure(module, runmap.at(t["h_ru"], t["h_scu"], t["h_ucu"]), view.get("color", "role"),
+                                   view.get("order", "role"), x, y)
+        meta, grid = figure["layout"]["meta"], runmap.grids[module]
+        x = None if meta["x"] == [0, grid.span] else meta["x"]
+        y = None if meta["y"] == [int(grid.layers[0]), int(grid.layers[-1])] else meta["y"]
+        drawn_now = view_patch(**{module: [view.get("color"), view.get("order"), x, y]})
+        return figure, view_patch(**{f"{module}_x": x, f"{module}_y": y}), drawn_now
+
+    return rebin
+
+
+for _module in MODULES:
+    _rebin(_module)
+
+
+def unit_link(view: dict, module: str, layer: int, unit: int) -> str:
+    """A unit's page, with the token and the view's thresholds."""
+    return page_link(f"/runs/{view['_run']}/units/{module}/{layer}/{unit}", view.get("token"),
+                     **{k: view[k] for k in SLIDERS})
+
+
+@callback(Output("ov-view", "data", allow_duplicate=True), Output("ov-go", "href"),
+          Input("ov-map-mlp", "clickData"), Input("ov-map-attn", "clickData"), Input("ov-scatter", "clickData"),
+          State("ov-view", "data"), prevent_initial_call=True)
+def _pick(mlp, attn, scatter, view):
+    """A click on a map cell or a density cell of the scatter lists its units; on a scatter point, opens its unit."""
+    source = ctx.triggered_id
+    data = {"ov-map-mlp": mlp, "ov-map-attn": attn, "ov-scatter": scatter}.get(source)
+    if not data or not data.get("points"):
+        return no_update, no_update
+    point = data["points"][0]
+    try:
+        runmap = _runmap(view)
+    except ApiError:
+        return no_update, no_update
+    if source == "ov-scatter":
+        if isinstance(point.get("pointNumber"), int):  # a marker (a heatmap cell has a [row, column] pair)
+            t = {k: view[k] for k in SLIDERS}
+            unit = runmap.scatter_unit(runmap.at(t["h_ru"], t["h_scu"], t["h_ucu"]), int(point["curveNumber"]),
+                                       point["pointNumber"])
+            return no_update, unit_link(view, *unit) if unit else no_update
+        return view_patch(pick=["bin", *runmap.bin_of(float(point["x"]), float(point["y"]))]), no_update
+    module = "mlp" if source == "ov-map-mlp" else "attn"
+    start, stop = runmap.window(module, view.get(f"{module}_x"), view.get(f"{module}_y")).cell(float(point["x"]))
+    return view_patch(pick=[module, int(point["y"]), start, stop]), no_update
+
+
+@callback(Output("ov-units", "children"), Input("ov-view", "data"), Input("ov-drawn", "data"))
+def _units(view, drawn):
+    """The units of the picked cell or bin, with links to their pages."""
+    pick = view.get("pick")
+    if not pick or not (drawn and drawn.get("ready")):
+        return html.P("Click a cell of a map, or a density cell of the scatter, to list its units here.",
+                      className="muted", id="ov-units-hint")
+    try:
+        runmap = _runmap(view)
+    except ApiError as error:
+        return error_box(error, "units")
+    t = drawn["t"]
+    at = runmap.at(t["h_ru"], t["h_scu"], t["h_ucu"])
+    if pick[0] == "bin":
+        frame, (x0, x1, y0, y1) = runmap.bin_units(at, pick[1], pick[2])
+        title = f"z_safety {x0:.2f} to {x1:.2f}, z_utility {y0:.2f} to {y1:.2f}"
+    else:
+        module, layer, start, stop = pick
+        if module not in runmap.grids:
+            return None
+        frame = runmap.cell_units(module, at, view.get("order", "role"), layer, start, stop)
+        ranked = " ranked" if view.get("order", "role") == "role" else ""
+        what = (f"{MODULE_NAMES[module]} at rank {start}" if ranked else f"{MODULE_NAMES[module]} {start}") \
+            if stop - start == 1 else f"{MODULE_PLURALS[module]}{ranked} {start}–{stop - 1}"
+        title = f"Layer {layer} · {what}"
+    counts = frame.role.value_counts()
+    summary = ", ".join(f"{counts[r]:,} {r}" for r in ROLES if r in counts)
+    shown = frame.head(LISTED)
+    head = ["layer", "module", "unit", "role", "z_safety", "z_utility", "z_S − z_U", ""]
+    rows = [html.Tr([html.Td(int(r.layer), className="num"), html.Td(MODULE_NAMES[r.module]),
+                     html.Td(int(r.unit), className="num"), html.Td(role_chip(r.role)),
+                     html.Td(f"{r.z_safety:.2f}", className="num"), html.Td(f"{r.z_utility:.2f}", className="num"),
+                     html.Td(f"{r.diff:.2f}", className="num"),
+                     html.Td(dcc.Link("unit page →", href=unit_link(view, r.module, int(r.layer), int(r.unit)),
+                                      className="unit-link"))])
+            for r in shown.itertuples()]
+    more = f" (the first {LISTED:,} shown)" if len(frame) > LISTED else ""
+    return html.Div([
+        html.H3(f"{title}: {len(frame):,} unit{'s' if len(frame) != 1 else ''}"
+                + (f" ({summary})" if summary else "") + more, id="ov-units-title"),
+        html.Div(html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)],
+                            className="table", id="ov-units-table"), className="table-scroll"),
+    ])
 
 
 def _counts(roles: dict) -> html.Table:

@@ -2,14 +2,17 @@
 prune preview with verdicts, share links in a fresh browser, and Compare. Screenshots go to test-artifacts/ui/."""
 from __future__ import annotations
 
+import base64
 import json
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import numpy as np
+import pandas as pd
 import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from uikit import browser, chromium_available, screenshot, wait_until
+from uikit import browser, chromium_available, register_run, screenshot, synthetic_units, wait_until
 
 pytestmark = [pytest.mark.slow,  # a served app, a spawned worker and a browser
               pytest.mark.skipif(not chromium_available(),
@@ -99,6 +102,100 @@ def test_a_finished_run_shows_its_role_map_counts_and_scatter(service, token, ru
 def drag_thumb(driver, slider_id: str, pixels: int) -> None:
     thumb = driver.find_element(By.CSS_SELECTOR, f"#{slider_id} [role=slider]")
     ActionChains(driver).click_and_hold(thumb).move_by_offset(pixels, 0).release().perform()
+
+
+@pytest.fixture(scope="module")
+def wide_run(service) -> str:
+    """A finished run too wide for one channel per cell: 4 layers of 2,048 MLP channels (8 a cell) and 8 heads,
+    synthetic z-scores put straight into the store."""
+    units = synthetic_units(layers=4, channels=2048, heads=8, hidden=256, head_dim=32, kv_heads=2, seed=2)
+    return register_run(service.app.state.settings, units)
+
+
+def graph(driver, graph_id: str) -> dict:
+    """The figure plotly is showing in a dcc.Graph (data as sent: typed arrays stay base64 specs)."""
+    return driver.execute_script(f"const gd = document.querySelector('#{graph_id} .js-plotly-plot');"
+                                 "return gd && gd.layout && gd.layout.meta ? {data: gd.data, layout: gd.layout} : null")
+
+
+def decode(spec) -> np.ndarray:
+    array = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.dtype(spec["dtype"]).newbyteorder("<"))
+    return array.reshape([int(n) for n in spec["shape"].split(",")]) if "shape" in spec else array
+
+
+def map_title(driver, graph_id: str = "ov-map-mlp") -> str:
+    figure = graph(driver, graph_id)
+    return figure["layout"]["title"]["text"] if figure else ""
+
+
+def test_the_role_map_shows_true_proportions_zooms_to_single_channels_and_lists_a_cell(service, token, api,
+                                                                                        wide_run, driver):
+    driver.get(page(service, f"/runs/{wide_run}", token))
+    wait_until(lambda: "8 channels per cell" in map_title(driver), 90, "the binned MLP map")
+    units = pd.DataFrame(api.get(f"/runs/{wide_run}/units").json())
+    for graph_id, module in (("ov-map-mlp", "mlp"), ("ov-map-attn", "attn")):  # area = parameter share
+        z = decode(graph(driver, graph_id)["data"][0]["z"])
+        cells = z[~np.isnan(z)]
+        mine = units[units.module == module]
+        shares = mine.groupby("role").params.sum() / mine.params.sum()
+        for i, role in enumerate(("SCU", "UCU", "CU", "RU")):
+            assert np.mean(cells == i) == pytest.approx(shares.get(role, 0.0), abs=0.02), (module, role)
+    screenshot(driver, "role-map")
+
+    drag = driver.find_element(By.CSS_SELECTOR, "#ov-map-mlp .nsewdrag")  # a zoom box across ~60 channels
+    ActionChains(driver).move_to_element_with_offset(drag, -200, 0).click_and_hold().move_by_offset(30, 0) \
+        .release().perform()
+    wait_until(lambda: "(1 channel per cell)" in map_title(driver), 30, "the map re-binned to single channels")
+    meta = graph(driver, "ov-map-mlp")["layout"]["meta"]
+    assert meta["width"] == 1 and 1 < meta["x"][1] - meta["x"][0] <= 256
+    wait_until(lambda: query_of(driver).get("mlp_x") == f"{meta['x'][0]},{meta['x'][1]}", 10,
+               "the zoom in the URL")  # the zoom is part of the view
+
+    ActionChains(driver).move_to_element_with_offset(drag, 0, 0).click().perform()  # one channel: listed
+    title = wait_until(lambda: driver.find_element(By.ID, "ov-units-title").text, 30, "the cell's units")
+    module, layer, start, stop = wait_until(lambda: query_of(driver).get("pick"), 10, "the pick in the URL").split(",")
+    assert module == "mlp" and int(stop) == int(start) + 1 and f"Layer {layer}" in title and "1 unit" in title
+    row = driver.find_element(By.CSS_SELECTOR, "#ov-units-table tbody tr")
+    cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    unit = units[(units.module == "mlp") & (units.layer == int(layer)) & (units.unit == int(cells[2]))].iloc[0]
+    assert cells[3] == unit.role and float(cells[4]) == pytest.approx(unit.z_safety, abs=0.006)
+    link = urlsplit(row.find_element(By.CSS_SELECTOR, "a.unit-link").get_attribute("href"))
+    assert link.path == f"/runs/{wide_run}/units/mlp/{layer}/{cells[2]}"
+    assert {k: v[0] for k, v in parse_qs(link.query).items()} == {"token": token, "h_ru": "0.1", "h_scu": "0.01",
+                                                                    "h_ucu": "0.05"}
+    screenshot(driver, "role-map-zoomed")
+
+    driver.refresh()  # a reload shows the same zoom and the same cell
+    wait_until(lambda: "(1 channel per cell)" in map_title(driver), 60, "the zoom after a reload")
+    assert wait_until(lambda: driver.find_element(By.ID, "ov-units-title").text, 30, "the list") == title
+    drag = driver.find_element(By.CSS_SELECTOR, "#ov-map-mlp .nsewdrag")
+    ActionChains(driver).double_click(drag).perform()  # zoom out: re-binned again
+    wait_until(lambda: "8 channels per cell" in map_title(driver), 30, "the whole map again")
+    wait_until(lambda: "mlp_x" not in query_of(driver), 10, "the zoom gone from the URL")
+
+
+def test_a_click_on_a_scatter_point_opens_its_unit_page(service, token, run, driver):
+    driver.get(page(service, f"/runs/{run['id']}", token))
+    wait_for_overview(driver)
+    wait_until(lambda: graph(driver, "ov-scatter"), 30, "the scatter")
+    # the tiny run's units are all sparse: points; find one on the screen and where the page says it is
+    found = driver.execute_script("""
+        const gd = document.querySelector('#ov-scatter .js-plotly-plot'), box = gd.getBoundingClientRect();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const t = gd._fullData.find(t => t.type === 'scattergl' && t.x && t.x.length && t.marker.symbol === 'circle');
+        const i = Math.floor(t.x.length / 2);
+        return [xa._offset + xa.l2p(t.x[i]) - box.width / 2, ya._offset + ya.l2p(t.y[i]) - box.height / 2,
+                Array.from(t.customdata[i])];""")
+    dx, dy, (layer, unit, is_mlp, _, _) = found
+    target = driver.find_element(By.CSS_SELECTOR, "#ov-scatter .js-plotly-plot")
+    ActionChains(driver).move_to_element_with_offset(target, int(dx), int(dy)).perform()
+    wait_until(lambda: "click to open its page" in driver.find_element(By.CSS_SELECTOR, "#ov-scatter .hoverlayer")
+               .text, 10, "the point's hover")
+    ActionChains(driver).click().perform()
+    module = "mlp" if is_mlp else "attn"
+    wait_until(lambda: urlsplit(driver.current_url).path == f"/runs/{run['id']}/units/{module}/{int(layer)}/"
+                                                           f"{int(unit)}", 30, "the unit's page")
+    assert query_of(driver)["token"] == token and "h_scu" in query_of(driver)
 
 
 def test_moving_a_slider_recomputes_the_counts_and_the_url_keeps_the_view(service, token, run, api, driver):

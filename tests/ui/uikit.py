@@ -1,5 +1,6 @@
 """Helpers of the browser tests and the dashboard benchmark: the whole service (API, worker, dashboard) served by
-uvicorn on a free loopback port, and headless Chromium driven by Selenium."""
+uvicorn on a free loopback port, headless Chromium driven by Selenium, and synthetic runs of any size put straight
+into the store."""
 from __future__ import annotations
 
 import shutil
@@ -13,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import uvicorn
 
 from app import mounts_for
 from backend.api.app import create_app
+from backend.engine.roles import Thresholds, classify
 from backend.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -127,3 +131,51 @@ def poll_json(client: httpx.Client, path: str, check: Callable[[dict], bool], ti
             return body
         assert time.monotonic() < deadline, f"{path}: still {body.get('status')} ({body.get('phase')})"
         time.sleep(0.2)
+
+
+def synthetic_units(layers: int = 32, channels: int = 14336, heads: int = 32, hidden: int = 4096,
+                    head_dim: int = 128, kv_heads: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Units of a Llama-shaped model (default: Llama-3-8B, 459,776 units) with correlated z-scores, parameters
+    as the engine counts them (a channel: its gate and up rows and down column; a head: its q and o slices and its
+    share of k and v) and roles at the default thresholds."""
+    rng = np.random.default_rng(seed)
+    head_params = 2 * head_dim * hidden + 2 * head_dim * hidden * kv_heads // heads
+    parts = []
+    for layer in range(layers):
+        for module, n, params in (("attn", heads, head_params), ("mlp", channels, 3 * hidden)):
+            z_safety = rng.standard_normal(n)
+            parts.append(pd.DataFrame({"layer": layer, "module": module, "unit": np.arange(n), "params": params,
+                                       "z_safety": z_safety,
+                                       "z_utility": 0.6 * z_safety + 0.8 * rng.standard_normal(n)}))
+    units = pd.concat(parts, ignore_index=True)
+    units["score_safety"], units["score_utility"] = np.exp(units.z_safety), np.exp(units.z_utility)
+    units["role"] = classify(units.z_safety.to_numpy(), units.z_utility.to_numpy(), units.params.to_numpy())
+    return units[["layer", "module", "unit", "params", "score_safety", "score_utility", "z_safety", "z_utility",
+                  "role"]]
+
+
+def register_run(settings: Settings, units: pd.DataFrame, model: str = "synthetic-llama-3-8b") -> str:
+    """A finished run in the service's store (the API has no import route): its folder, then its record."""
+    import json
+
+    from backend.store.db import make_engine, session_factory
+    from backend.store.tables import Job, Run, new_id, utcnow
+
+    run_id = new_id()
+    folder = settings.runs_dir / run_id
+    folder.mkdir(parents=True)
+    units.to_parquet(folder / "units.parquet", index=False)
+    manifest = {"model": {"name": model, "architecture": "llama", "parameters": int(units.params.sum())},
+                "datasets": {}, "thresholds": Thresholds().as_dict(), "positions": "response"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    sessions = session_factory(make_engine(settings.database_url))
+    with sessions.begin() as session:
+        now = utcnow()
+        session.add(Run(id=run_id, status="succeeded", model=model, model_path="synthetic",
+                        settings={"thresholds": Thresholds().as_dict(), "safety": "synthetic",
+                                  "utility": "synthetic", "samples": 0},
+                        cache_key=f"synthetic-{run_id}", result_dir=run_id, manifest=manifest))
+        session.flush()
+        session.add(Job(kind="attribution", run_id=run_id, request={"run_id": run_id}, status="succeeded",
+                        progress=1.0, phase="synthetic", started_at=now, finished_at=now))
+    return run_id
