@@ -149,7 +149,8 @@ def _norm(text: str) -> str:
 
 
 EVAL_SIZES = {"advbench-eval": 100, "harmbench": 200, "donotanswer": 100, "benign-prompts": 80,
-              "benign-edgy": 150, "alarming-benign": 60, "facts": 318, "gsm8k": 100}
+              "benign-edgy": 150, "alarming-benign": 60, "facts": 318, "gsm8k": 100,
+              "ood-harmful": 160, "ood-benign": 160}
 
 
 def test_eval_sets_load_with_their_sizes_and_kinds():
@@ -161,10 +162,13 @@ def test_eval_sets_load_with_their_sizes_and_kinds():
         assert infos[name].source and infos[name].kind in KINDS
     kinds = {name: info.kind for name, info in infos.items()}
     assert kinds["advbench-refusals"] == "calibration-safety" and kinds["benign-answers"] == "calibration-utility"
-    assert {n for n, k in kinds.items() if k == "harmful"} == {"advbench-eval", "harmbench", "donotanswer"}
-    assert {n for n, k in kinds.items() if k == "benign"} == {"benign-prompts", "benign-edgy", "alarming-benign"}
+    assert {n for n, k in kinds.items() if k == "harmful"} == {"advbench-eval", "harmbench", "donotanswer",
+                                                                  "ood-harmful"}
+    assert {n for n, k in kinds.items() if k == "benign"} == {"benign-prompts", "benign-edgy", "alarming-benign",
+                                                                 "ood-benign"}
     assert kinds["gsm8k"] == kinds["facts"] == "utility"
-    for name in ("advbench-eval", "harmbench", "donotanswer", "benign-prompts", "benign-edgy", "alarming-benign"):
+    for name in ("advbench-eval", "harmbench", "donotanswer", "benign-prompts", "benign-edgy", "alarming-benign",
+                 "ood-harmful", "ood-benign"):
         assert all(p.response == "" for p in load_pairs(name).pairs), name
 
 
