@@ -2,7 +2,7 @@
 units, and take role thresholds from a query."""
 from __future__ import annotations
 
-from fastapi import HTTPException, Response, status
+from fastapi import HTTPException, Query, Response, status
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
@@ -59,3 +59,9 @@ def thresholds_of(run: Run, h_ru: float | None, h_scu: float | None, h_ucu: floa
         return Thresholds(**values)
     except ValueError as error:
         raise checks.bad_field(("query", "h_ucu"), str(error)) from None
+
+
+def fraction():
+    """A threshold in the query (each parameter needs its own Query: FastAPI names a shared one after its first
+    use)."""
+    return Query(None, ge=0, le=1)

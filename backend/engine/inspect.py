@@ -124,6 +124,22 @@ def unit_numbers(units: pd.DataFrame, module: str, layer: int, unit: int, thresh
                        thresholds.as_dict(), boundaries, len(rows), len(units))
 
 
+LAYER_COLUMNS = ("module", "unit", "params", "score_safety", "score_utility", "z_safety", "z_utility")
+
+
+def layer_units(units: pd.DataFrame, layer: int, thresholds: Thresholds,
+                index: RoleIndex | None = None) -> dict[str, list]:
+    """Every unit of one layer as columns (LAYER_COLUMNS and `role` at `thresholds`), in table order."""
+    layers = units.layer.to_numpy()
+    rows = np.flatnonzero(layers == layer)
+    if not len(rows):
+        raise NoSuchUnit(f"the run has no layer {layer} (layers {int(layers.min())}..{int(layers.max())})")
+    index = index if index is not None else RoleIndex.from_units(units)
+    out = {name: units[name].to_numpy()[rows].tolist() for name in LAYER_COLUMNS}
+    out["role"] = [ROLES[c] for c in index.codes(thresholds)[rows]]
+    return out
+
+
 def unit_channels(folder: str | Path, module: str, layer: int, unit: int, n_units: int) -> dict[str, dict]:
     """The unit's B-input channel means and variances on each calibration set, read from a run folder
     (variances None for runs made before they were saved): {split: {"mean": [...], "variance": [...] | None}}."""
