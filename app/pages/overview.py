@@ -14,6 +14,7 @@ from app.components import (
     api,
     api_link,
     error_box,
+    layer_link,
     note,
     number,
     page_link,
@@ -74,8 +75,8 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
             html.Div([html.H2("Roles"), dcc.Loading(html.Div(id="ov-counts"), delay_show=400)],
                      className="card counts"),
         ], className="grid-2"),
-        html.Section([dcc.Graph(id="ov-bars", figure=message_figure("loading…"), config={"displaylogo": False})],
-                     className="card"),
+        html.Section([dcc.Graph(id="ov-bars", figure=message_figure("loading…"), config={"displaylogo": False}),
+                      html.Div(id="ov-layers", className="layer-links")], className="card"),
         html.Section([
             html.Div([html.H2("Role map"),
                       dcc.RadioItems(id="ov-color", options=COLORS, value=view["color"], inline=True,
@@ -196,6 +197,21 @@ def _draw(view, _):
             else message_figure(f"this model has no {m} units") for m in ("mlp", "attn")]
     return (None, _counts(roles), layer_bars_figure(roles["per_layer"]), *maps, runmap.scatter_figure(codes), True,
             intervene)
+
+
+@callback(Output("ov-layers", "children"), Input("ov-view", "data"))
+def _layer_links(view):
+    """A link per layer to its page (its units, the histogram of z_S − z_U, its SCU and UCU), at these
+    thresholds."""
+    thresholds = {k: view[k] for k in SLIDERS}
+    try:
+        per_layer = api(view.get("token")).roles(view["_run"], **thresholds)["per_layer"]
+    except ApiError:
+        return None  # the overview says why above
+    layers = sorted({row["layer"] for row in per_layer})
+    return [html.Span("Open a layer: ", className="muted"),
+            *[dcc.Link(str(layer), id=f"ov-layer-{layer}", className="layer-link",
+                       href=layer_link(view["_run"], layer, view.get("token"), **thresholds)) for layer in layers]]
 
 
 def _failed(error, intervene):
