@@ -134,6 +134,8 @@ def test_peak_contexts_hold_the_activations_a_direct_hook_reads(runs, arch, modu
             assert not c["in_prompt"] and c["focus"] <= 3 and len(c["tokens"]) == len(c["activations"])
             ids = encoded[c["sample"]].input_ids
             assert c["tokens"] == [loaded.tokenizer.decode([t]) for t in ids[lo:lo + len(c["tokens"])]]
+            prompt = encoded[c["sample"]].prompt_len
+            assert c["response_start"] == sum(lo + i < prompt for i in range(len(c["tokens"])))
     assert found.top_tokens["promoted"] and found.settings["positions"] == "response"
 
 

@@ -122,7 +122,7 @@ def _scatter(rows: list[dict], cutoffs: dict, layer: int) -> dict:
         traces.append(dict(type="scatter", mode="lines", x=[lo, hi], y=ys, hoverinfo="skip",
                            name=f"{role} boundary ({key} = {cutoff:.2f})",
                            line=dict(color=ROLE_COLORS[role], dash="dash", width=1.5)))
-    return {"data": traces, "layout": {**LAYOUT, "title": {"text": f"Layer {layer}: z_safety vs z_utility"},
+    return {"data": traces, "layout": {**LAYOUT, "title": {"text": f"Layer {layer}: z_safety vs z_utility", "x": 0.01},
                                        "height": 420, "legend": dict(orientation="h", y=-0.2),
                                        "xaxis": dict(title={"text": "z_safety"}, range=[lo, hi], **AXIS),
                                        "yaxis": dict(title={"text": "z_utility"}, range=[lo, hi], **AXIS)}}
@@ -143,7 +143,7 @@ def _histogram(rows: list[dict], cutoffs: dict, layer: int) -> dict:
         notes.append(dict(x=cutoff, y=1, xref="x", yref="paper", yanchor="bottom", showarrow=False,
                           text=f"{role} {'≥' if role == 'SCU' else '≤'} {cutoff:.2f}",
                           font=dict(color=ROLE_COLORS[role])))
-    return {"data": traces, "layout": {**LAYOUT, "title": {"text": f"Layer {layer}: z_S − z_U"}, "height": 420,
+    return {"data": traces, "layout": {**LAYOUT, "title": {"text": f"Layer {layer}: z_S − z_U", "x": 0.01}, "height": 420,
                                        "barmode": "overlay", "shapes": shapes, "annotations": notes,
                                        "legend": dict(orientation="h", y=-0.2),
                                        "xaxis": dict(title={"text": "z_safety − z_utility"}, **AXIS),

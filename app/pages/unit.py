@@ -93,7 +93,8 @@ def layout(run_id: str | None = None, module: str | None = None, layer: str | No
             html.H2("Where it fires"),
             html.P("The calibration samples where the unit's B input peaks highest on a counted token ("
                    + ("the channel's value" if module == "mlp" else "the L2 norm of the head's channels")
-                   + "); shading follows the activation, the peak token is outlined.", className="muted"),
+                   + "); shading follows the activation (red above zero, blue below), the peak token is outlined, prompt "
+                   "tokens are in italics.", className="muted"),
             html.Div(id="un-contexts", children=note("Computing…")),
         ], className="card"),
     ])
@@ -238,16 +239,19 @@ def _contexts(contexts: dict, module: str) -> html.Div:
             html.Div([html.Span(f"{c['activation']:.3g}", className="ctx-value"),
                       html.Span(f"sample {c['sample']} · {'prompt' if c['in_prompt'] else 'response'}",
                                 className="muted")], className="ctx-head"),
-            html.Div([_token_span(t, a, scale, i == c["focus"]) for i, (t, a) in enumerate(zip(c["tokens"],
-                                                                                             c["activations"]))],
+            html.Div([_token_span(t, a, scale, i == c["focus"], i < c.get("response_start", 0))
+                      for i, (t, a) in enumerate(zip(c["tokens"], c["activations"]))],
                      className="ctx-text")], className="ctx") for c in rows]
         columns.append(html.Div([html.H3(f"{split} set"), *(items or [note("no counted tokens in this set")])],
                                 id=f"un-contexts-{split}"))
     return html.Div(columns, className="grid-2")
 
 
-def _token_span(token: str, activation: float, scale: float, focus: bool) -> html.Span:
+def _token_span(token: str, activation: float, scale: float, focus: bool, prompt: bool) -> html.Span:
+    """One token shaded by its activation (red above zero, blue below), outlined at the peak, in italics in the
+    prompt part; hover shows the value."""
     share = max(-1.0, min(1.0, activation / scale))
     color = f"rgba(215, 38, 61, {share:.2f})" if share >= 0 else f"rgba(27, 111, 209, {-share:.2f})"
-    return html.Span(token.replace("\n", "↵"), title=f"{activation:.4g}", style={"background": color},
-                     className="ctx-token ctx-focus" if focus else "ctx-token")
+    classes = "ctx-token" + (" ctx-focus" if focus else "") + (" ctx-prompt" if prompt else "")
+    return html.Span(token.replace("\n", "↵"), title=f"{activation:.4g}{' (prompt)' if prompt else ''}",
+                     style={"background": color}, className=classes)

@@ -303,7 +303,8 @@ def peak_contexts(tokenizer, encoded: Sequence[EncodedPair], activations: Sequen
                   counted: Sequence[Sequence[bool]], *, k: int = 12, left: int = 10, right: int = 4,
                   split: str = "") -> list[dict]:
     """The `k` pairs whose counted tokens hold the unit's highest activations, each at its peak token with
-    `left` and `right` tokens around it (decoded one by one) and their activations, for highlighting."""
+    `left` and `right` tokens around it (decoded one by one) and their activations, for highlighting;
+    `response_start` is the index of the first response token among them."""
     peaks = []
     for i, (values, mask) in enumerate(zip(activations, counted)):
         where = np.flatnonzero(np.asarray(mask, dtype=bool)[:len(values)])
@@ -319,6 +320,7 @@ def peak_contexts(tokenizer, encoded: Sequence[EncodedPair], activations: Sequen
                          "token": tokenizer.decode([ids[position]]),
                          "tokens": [tokenizer.decode([t]) for t in ids[lo:hi]],
                          "activations": [float(v) for v in activations[i][lo:hi]], "focus": position - lo,
+                         "response_start": min(max(encoded[i].prompt_len - lo, 0), hi - lo),
                          "in_prompt": position < encoded[i].prompt_len})
     return contexts
 
