@@ -58,7 +58,7 @@ def block_rows(units: pd.DataFrame, module: str, layer: int) -> np.ndarray:
     in_layer = np.flatnonzero(layers == layer)
     if not len(in_layer):
         raise NoSuchUnit(f"the run has no layer {layer} (layers {int(layers.min())}..{int(layers.max())})")
-    rows = in_layer[units.module.to_numpy()[in_layer] == module]
+    rows = in_layer[(units.module.iloc[in_layer] == module).to_numpy()]  # strings of one layer only: fast
     if not len(rows):
         raise NoSuchUnit(f"layer {layer} of the run has no {module} units")
     return rows
@@ -135,7 +135,7 @@ def layer_units(units: pd.DataFrame, layer: int, thresholds: Thresholds,
     if not len(rows):
         raise NoSuchUnit(f"the run has no layer {layer} (layers {int(layers.min())}..{int(layers.max())})")
     index = index if index is not None else RoleIndex.from_units(units)
-    out = {name: units[name].to_numpy()[rows].tolist() for name in LAYER_COLUMNS}
+    out = {name: units[name].iloc[rows].tolist() for name in LAYER_COLUMNS}
     out["role"] = [ROLES[c] for c in index.codes(thresholds)[rows]]
     return out
 
