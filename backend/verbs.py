@@ -69,8 +69,9 @@ def _record(cls, data: Mapping[str, Any] | None):
 class UnitGroups:
     """Which units an intervention takes: whole role groups, plus the top `cu_fraction` of CU's parameters (ranked
     by z_safety - z_utility), plus `explicit` single units, kept to `layers` when given; `random` swaps them for a
-    seeded random set of the same parameter mass per module (the paper's control; alone it matches SCU). `thresholds` recompute the roles first (default: the run's own);
-    `reference` is what pruned channels are held at (default: the other attribute's mean)."""
+    seeded random set of the same parameter mass per module (the paper's control; alone it matches SCU).
+    `thresholds` recompute the roles first (default: the run's own); `reference` is what pruned channels are held
+    at (default: the other attribute's mean)."""
 
     groups: tuple[str, ...] = ()
     cu_fraction: float = 0.0

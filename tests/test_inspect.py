@@ -72,10 +72,11 @@ def hand_logits(plain, arch: str, module: str, layer: int, unit: int, means=None
             pooled = (tokens["safety"] * means[f"safety.attn.{layer}"] + tokens["utility"]
                       * means[f"utility.attn.{layer}"]) / (tokens["safety"] + tokens["utility"])
             direction = layer_.self_attn.o_proj.weight[:, unit * d:(unit + 1) * d] @ pooled[unit * d:(unit + 1) * d]
-        return plain.lm_head.weight @ (plain.model.norm.weight * direction)  # RMSNorm: elementwise weight only
+        scale = plain.model.norm.weight + (1 if arch == "gemma" else 0)  # Gemma's RMSNorm scales by 1 + w
+        return plain.lm_head.weight @ (scale * direction)  # RMSNorm: an elementwise scale only
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", pytest.param("gemma", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("module", ["mlp", "attn"])
 def test_top_tokens_are_the_units_direction_read_through_the_final_norm_and_the_unembedding(runs, arch, module):
     loaded, run, plain, _ = runs(arch)

@@ -143,8 +143,8 @@ def _histogram(rows: list[dict], cutoffs: dict, layer: int) -> dict:
         notes.append(dict(x=cutoff, y=1, xref="x", yref="paper", yanchor="bottom", showarrow=False,
                           text=f"{role} {'≥' if role == 'SCU' else '≤'} {cutoff:.2f}",
                           font=dict(color=ROLE_COLORS[role])))
-    return {"data": traces, "layout": {**LAYOUT, "title": {"text": f"Layer {layer}: z_S − z_U", "x": 0.01}, "height": 420,
-                                       "barmode": "overlay", "shapes": shapes, "annotations": notes,
+    return {"data": traces, "layout": {**LAYOUT, "title": {"text": f"Layer {layer}: z_S − z_U", "x": 0.01},
+                                       "height": 420, "barmode": "overlay", "shapes": shapes, "annotations": notes,
                                        "legend": dict(orientation="h", y=-0.2),
                                        "xaxis": dict(title={"text": "z_safety − z_utility"}, **AXIS),
                                        "yaxis": dict(title={"text": "units"}, **AXIS)}}

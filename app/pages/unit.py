@@ -93,8 +93,8 @@ def layout(run_id: str | None = None, module: str | None = None, layer: str | No
             html.H2("Where it fires"),
             html.P("The calibration samples where the unit's B input peaks highest on a counted token ("
                    + ("the channel's value" if module == "mlp" else "the L2 norm of the head's channels")
-                   + "); shading follows the activation (red above zero, blue below), the peak token is outlined, prompt "
-                   "tokens are in italics.", className="muted"),
+                   + "); shading follows the activation (red above zero, blue below), the peak token is "
+                   "outlined, prompt tokens are in italics.", className="muted"),
             html.Div(id="un-contexts", children=note("Computing…")),
         ], className="card"),
     ])

@@ -12,8 +12,8 @@ from selenium.webdriver.common.keys import Keys
 from uikit import chromium_available, screenshot, wait_until
 
 pytestmark = [pytest.mark.slow,  # a served app, a spawned worker and a browser
-              pytest.mark.skipif(not chromium_available(),
-                                 reason="headless Chromium is not installed (apt-get install chromium chromium-driver)")]
+              pytest.mark.skipif(not chromium_available(), reason="headless Chromium is not installed "
+                                                                  "(apt-get install chromium chromium-driver)")]
 
 H_SCU = 0.05  # SCU at 5% of unit parameters: the tiny run then surely has SCU MLP channels
 
