@@ -22,6 +22,7 @@ from backend.engine.inspect import (
     NoSuchUnit,
     inspect_unit,
     top_tokens,
+    unit_activations,
     unit_block,
     unit_channels,
     unit_numbers,
@@ -224,3 +225,19 @@ def test_numbers_percentiles_and_role_boundaries_against_pandas_and_the_referenc
     with pytest.raises(NoSuchUnit, match="no layer 9"):
         unit_numbers(units, "attn", 9, 0, thresholds)
     assert unit_numbers(units, "mlp", 0, 0, Thresholds(0, 0, 0)).boundaries["SCU"]["cutoff"] is None
+
+
+def test_the_contexts_forward_stops_at_the_units_layer(runs):
+    loaded, run, plain, sets = runs("llama")
+    encoded = encode_pairs(loaded.tokenizer, sets["safety"].pairs[:3])
+    reached = []
+    handles = [loaded.model.model.layers[1].register_forward_pre_hook(lambda _m, _a: reached.append("layer 1")),
+               loaded.model.model.norm.register_forward_pre_hook(lambda _m, _a: reached.append("final norm"))]
+    try:
+        unit_activations(loaded, encoded, unit_block(loaded, "mlp", 0), 1)
+        assert reached == []  # nothing after layer 0's down_proj ran
+        unit_activations(loaded, encoded, unit_block(loaded, "attn", 1), 1)
+        assert reached == ["layer 1"]  # layer 1 began, its o_proj was the end
+    finally:
+        for handle in handles:
+            handle.remove()
