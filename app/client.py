@@ -132,6 +132,18 @@ class Api:
         return pd.read_parquet(io.BytesIO(self._request("GET", f"/runs/{run_id}/units",
                                                         params={"format": "parquet"}).content))
 
+    def unit(self, run_id: str, module: str, layer: int | str, unit: int | str, **thresholds) -> dict:
+        """One unit's numbers, channel statistics, top tokens and contexts (null until inspected), and the state of
+        its newest inspect job."""
+        return self.get(f"/runs/{run_id}/units/{module}/{layer}/{unit}", **thresholds)
+
+    def create_inspection(self, run_id: str, module: str, layer: int | str, unit: int | str) -> dict:
+        return self.post(f"/runs/{run_id}/units/{module}/{layer}/{unit}/inspections", {})
+
+    def layer(self, run_id: str, layer: int | str, **thresholds) -> dict:
+        """Every unit of one layer (columns) with roles, and the model-wide role boundaries."""
+        return self.get(f"/runs/{run_id}/layers/{layer}", **thresholds)
+
     def create_preview(self, run_id: str, body: dict) -> dict:
         return self.post(f"/runs/{run_id}/previews", body)
 

@@ -35,6 +35,24 @@ def page_link(path: str, token: str | None = None, **params) -> str:
     return f"{path}{'?' + urlencode(query) if query else ''}"
 
 
+UNIT_NAMES = {"mlp": "MLP channel", "attn": "head"}
+THRESHOLD_KEYS = ("h_ru", "h_scu", "h_ucu")
+
+
+def unit_link(run_id: str, module: str, layer: int, unit: int, token: str | None = None, **thresholds) -> str:
+    """The page of one unit, keeping the share token and the thresholds its role is shown at."""
+    return page_link(f"/runs/{run_id}/units/{module}/{layer}/{unit}", token, **thresholds)
+
+
+def layer_link(run_id: str, layer: int, token: str | None = None, **thresholds) -> str:
+    return page_link(f"/runs/{run_id}/layers/{layer}", token, **thresholds)
+
+
+def thresholds_in(query: dict) -> dict[str, float]:
+    """The role thresholds a page's query names (the others: the run's own)."""
+    return {k: number(query.get(k)) for k in THRESHOLD_KEYS if number(query.get(k)) is not None}
+
+
 def view_store(store_id: str, view: dict) -> list:
     """A page's view state and the sink that mirrors it into the address bar (see `sync_url`)."""
     return [dcc.Store(id=store_id, data=view), html.Div(id=f"{store_id}-sink", hidden=True)]

@@ -19,7 +19,7 @@ DEFAULT_REFERENCE = {"SCU": "utility", "UCU": "safety", "CU": "pooled", "RU": "p
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
-JOB_KINDS = ("attribution", "preview", "sweep", "estimate", "finetune", "align")
+JOB_KINDS = ("attribution", "preview", "sweep", "estimate", "finetune", "align", "inspect")
 
 # A progress callback, as every long step reports: (phase, done, total)
 Progress = Callable[[str, int, int], None]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from backend.engine.attribution import Attribution
+    from backend.engine.inspect import UnitInspection
     from backend.engine.models import LoadedModel
     from backend.engine.preview import Preview
 
@@ -67,9 +68,10 @@ def _record(cls, data: Mapping[str, Any] | None):
 @dataclass(frozen=True)
 class UnitGroups:
     """Which units an intervention takes: whole role groups, plus the top `cu_fraction` of CU's parameters (ranked
-    by z_safety - z_utility); `random` swaps them for a seeded random set of the same parameter mass per module
-    (the paper's control; alone it matches SCU). `thresholds` recompute the roles first (default: the run's own);
-    `reference` is what pruned channels are held at (default: the other attribute's mean)."""
+    by z_safety - z_utility), plus `explicit` single units, kept to `layers` when given; `random` swaps them for a
+    seeded random set of the same parameter mass per module (the paper's control; alone it matches SCU).
+    `thresholds` recompute the roles first (default: the run's own); `reference` is what pruned channels are held
+    at (default: the other attribute's mean)."""
 
     groups: tuple[str, ...] = ()
     cu_fraction: float = 0.0
@@ -77,6 +79,13 @@ class UnitGroups:
     seed: int = 0
     thresholds: Thresholds | None = None
     reference: str | None = None
+    explicit: tuple[tuple[int, str, int], ...] = ()  # (layer, module, unit) of single units, added to the groups
+    layers: tuple[int, ...] | None = None  # keep only units of these layers
+
+    def __post_init__(self):
+        object.__setattr__(self, "explicit", tuple((int(l), str(m), int(u)) for l, m, u in self.explicit))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
 
     @classmethod
     def parse(cls, text: str, **fields) -> UnitGroups:
@@ -91,7 +100,7 @@ class UnitGroups:
     def spec(self):
         from backend.engine.interventions import GroupSpec
 
-        return GroupSpec(tuple(self.groups), float(self.cu_fraction), bool(self.random))
+        return GroupSpec(tuple(self.groups), float(self.cu_fraction), bool(self.random), self.explicit, self.layers)
 
     @property
     def label(self) -> str:
@@ -345,6 +354,77 @@ def estimate(request: EstimateRequest, *, models: Models | None = None, progress
         progress("probing first tokens", 0, 1)
     every = [[p for ps in sets.values() for p in ps] for sets in (harmful, benign)]
     return refusal_estimate(loaded, *every, run=run, selection=selection, batch_size=r.sets.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inspect (one unit up close)
+
+
+@dataclass(frozen=True)
+class InspectRequest:
+    """One unit of a run up close (`engine.inspect`): the `top_k` tokens its output promotes and suppresses, and
+    the `contexts` calibration samples per set where it fires most, with `left` and `right` tokens around the
+    peak. `run` is the run folder of `model`; its calibration pairs are read again as its manifest records them.
+    With `save` the result is cached in the run folder (inspect/{module}.{layer}.{unit}.json)."""
+
+    model: str
+    run: str
+    module: str
+    layer: int
+    unit: int
+    top_k: int = 20
+    contexts: int = 12
+    left: int = 10
+    right: int = 4
+    batch_size: int = 8
+    save: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+
+    to_dict = asdict
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> InspectRequest:
+        return _record(cls, data)
+
+
+def inspect(request: InspectRequest, *, models: Models | None = None,
+            progress: Progress | None = None) -> UnitInspection:
+    """Check the unit exists, rebuild the run's calibration sets, load the model (refused when the run was made
+    on another one), inspect the unit and (with `save`) write the result atomically into the run folder."""
+    import json
+
+    from backend.engine import atomic
+    from backend.engine.attribution import calibration_sets, load_run
+    from backend.engine.inspect import inspect_unit, inspection_path, unit_row
+    from backend.engine.interventions import check_same_model
+
+    r = request
+    for name in ("top_k", "contexts", "batch_size"):
+        if getattr(r, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(r, name)}")
+    if r.left < 0 or r.right < 0:
+        raise ValueError(f"left and right must be at least 0, got {r.left} and {r.right}")
+    if progress:
+        progress("loading run", 0, 1)
+    run = load_run(r.run)
+    unit_row(run.units, r.module, r.layer, r.unit)  # a unit the run lacks is named before any model is loaded
+    sets = calibration_sets(run)
+    if progress:
+        progress("loading model", 0, 1)
+    loaded = (models or Models()).get(r.model, device=r.device, dtype=r.dtype)
+    check_same_model(run.units, loaded.units)
+    result = inspect_unit(loaded, sets, r.module, r.layer, r.unit, means=run.means, tokens=run.tokens,
+                          positions=run.manifest.get("positions", "response"),
+                          max_length=run.manifest.get("max_length"), top_k=r.top_k, contexts=r.contexts,
+                          left=r.left, right=r.right, batch_size=r.batch_size, progress=progress)
+    if r.save:
+        if progress:
+            progress("saving", 0, 1)
+        path = inspection_path(run.folder, r.module, r.layer, r.unit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 utility against the unpruned model, with the generations side by side; sweep the pruned fraction; fine-tune with
 units frozen and compare refusal before and after.
 
-View state in the URL: groups, cu, random, reference, harmful, benign, utility, limit, tokens, h_ru/h_scu/h_ucu
-(roles at the overview's thresholds), job (the preview shown), sweep (its jobs), ft_* and ft_job (fine-tune).
+View state in the URL: groups, cu, random, reference, units (single units, `mlp.12.345,attn.3.2`), layers (keep
+only these layers), harmful, benign, utility, limit, tokens, h_ru/h_scu/h_ucu (roles at the overview's
+thresholds), job (the preview shown), sweep (its jobs), ft_* and ft_job (fine-tune).
 """
 from __future__ import annotations
 
@@ -54,14 +55,39 @@ def _list(value: str | None, default: list[str]) -> list[str]:
     return [v for v in (value or "").split(",") if v] if value is not None else default
 
 
+def _unit_refs(names: list[str] | str | None) -> list[dict]:
+    """`mlp.12.345` names as the API's unit references; ValueError naming the first one that is not one."""
+    refs = []
+    for name in names.split(",") if isinstance(names, str) else names or []:
+        parts = name.strip().split(".")
+        if not name.strip():
+            continue
+        if len(parts) != 3 or parts[0] not in ("mlp", "attn") or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"{name.strip()!r} is not a unit: write module.layer.unit, e.g. mlp.12.345 or attn.3.2")
+        refs.append({"layer": int(parts[1]), "module": parts[0], "unit": int(parts[2])})
+    return refs
+
+
+def _layers(text: str | None) -> list[int] | None:
+    """`12` or `3,4` as layer numbers (None: every layer); ValueError naming what is not a layer."""
+    values = [v.strip() for v in (text or "").split(",") if v.strip()]
+    bad = [v for v in values if not v.isdigit()]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a layer number")
+    return [int(v) for v in values] or None
+
+
 def layout(run_id: str | None = None, token: str | None = None, groups: str | None = None, cu: str | None = None,
            random: str | None = None, reference: str | None = None, harmful: str | None = None,
            benign: str | None = None, utility: str | None = None, limit: str | None = None,
            tokens: str | None = None, job: str | None = None, sweep: str | None = None, show: str | None = None,
+           units: str | None = None, layers: str | None = None,
            ft_freeze: str | None = None, ft_cu: str | None = None, ft_mode: str | None = None,
            ft_data: str | None = None, ft_steps: str | None = None, ft_job: str | None = None, **query):
     thresholds = {k: number(query.get(k)) for k in ("h_ru", "h_scu", "h_ucu") if number(query.get(k)) is not None}
-    view = {"_run": run_id, "token": token, "groups": [g for g in _list(groups, ["SCU"]) if g in ROLES],
+    default_groups = [] if units else ["SCU"]  # a link that names single units prunes only them
+    view = {"_run": run_id, "token": token, "groups": [g for g in _list(groups, default_groups) if g in ROLES],
+            "units": units or "", "layers": layers or "",
             "cu": number(cu, 0.0), "random": random in ("1", "true"), "reference": reference or "default",
             "controls": number(query.get("controls"), 0, int),
             "harmful": harmful or "advbench-eval", "benign": benign or "benign-prompts", "utility": utility or "",
@@ -96,6 +122,16 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
                                     debounce=True),
                           html.Small("CU ranked by z_S − z_U, counted in parameters", className="muted")],
                          className="field"),
+                html.Div([html.Div([html.Label("single units", htmlFor="iv-units"),
+                                    dcc.Input(id="iv-units", value=view["units"], debounce=True,
+                                              placeholder="e.g. mlp.12.345, attn.3.2"),
+                                    html.Small("module.layer.unit, pruned besides the groups", className="muted")],
+                                   className="field"),
+                          html.Div([html.Label("only layers", htmlFor="iv-layers"),
+                                    dcc.Input(id="iv-layers", value=view["layers"], debounce=True,
+                                              placeholder="all"),
+                                    html.Small("e.g. 12 or 3,4: keep only units of these layers",
+                                               className="muted")], className="field")], className="form-grid"),
                 dcc.Checklist(id="iv-random", options=[{"label": " random control: a seeded random set of the same "
                                                                   "parameter mass", "value": "1"}],
                               value=["1"] if view["random"] else []),
@@ -194,13 +230,14 @@ def _catalog(_, view):
           Input("iv-controls", "value"), Input("iv-reference", "value"), Input("iv-harmful", "value"), Input("iv-benign", "value"),
           Input("iv-utility", "value"), Input("iv-limit", "value"), Input("iv-tokens", "value"),
           Input("iv-ft-groups", "value"), Input("iv-ft-cu", "value"), Input("iv-ft-mode", "value"),
-          Input("iv-ft-data", "value"), Input("iv-ft-steps", "value"),
-          State("iv-view", "data"), prevent_initial_call=True)
+          Input("iv-ft-data", "value"), Input("iv-ft-steps", "value"), Input("iv-units", "value"),
+          Input("iv-layers", "value"), State("iv-view", "data"), prevent_initial_call=True)
 def _view(groups, cu, random, controls, reference, harmful, benign, utility, limit, tokens, ft_groups, ft_cu,
-          ft_mode, ft_data, ft_steps, view):
+          ft_mode, ft_data, ft_steps, units, layers, view):
     return view_patch(groups=groups, cu=cu, random=bool(random), controls=5 if controls else 0, reference=reference,
                       harmful=harmful, benign=benign, utility=utility, limit=limit, tokens=tokens, ft_freeze=ft_groups,
-                      ft_cu=ft_cu, ft_mode=ft_mode, ft_data=ft_data, ft_steps=ft_steps)
+                      ft_cu=ft_cu, ft_mode=ft_mode, ft_data=ft_data, ft_steps=ft_steps, units=units or "",
+                      layers=layers or "")
 
 
 def _eval_body(view: dict) -> dict:
@@ -216,6 +253,10 @@ def _prune_body(view: dict, groups: list[str] | None = None, fraction_of: str | 
                 fraction: float | None = None) -> dict:
     prune = {"groups": groups if groups is not None else view["groups"], "cu_fraction": view["cu"] or 0.0,
              "random": bool(view["random"])}
+    if groups is None and view.get("units"):  # single units join the main preview, not each sweep point
+        prune["units"] = _unit_refs(view["units"])
+    if _layers(view.get("layers")):
+        prune["layers"] = _layers(view["layers"])
     if view["reference"] != "default":
         prune["reference"] = view["reference"]
     thresholds = {k: view[k] for k in ("h_ru", "h_scu", "h_ucu") if view.get(k) is not None}
@@ -230,8 +271,11 @@ def _prune_body(view: dict, groups: list[str] | None = None, fraction_of: str | 
           Input("iv-start", "n_clicks"), State("iv-view", "data"), prevent_initial_call=True)
 def _start(_, view):
     body = {"eval": _eval_body(view)}
-    if view["groups"] or view["cu"] or view["random"]:
-        body["prune"] = _prune_body(view)
+    if view["groups"] or view["cu"] or view["random"] or view.get("units"):
+        try:
+            body["prune"] = _prune_body(view)
+        except ValueError as error:
+            return no_update, error_box(error, "the preview was not started")
         if view.get("controls") and not view["random"]:
             body["controls"] = view["controls"]
     try:
@@ -257,6 +301,7 @@ def _start_sweep(_, text, view):
         return no_update, error_box("choose a role group to sweep")
     try:
         fractions = _sweep_fractions(text)
+        _layers(view.get("layers"))
     except ValueError as error:
         return no_update, error_box(error)
     client, jobs = api(view.get("token")), []

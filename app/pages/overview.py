@@ -17,6 +17,7 @@ from app.components import (
     api,
     api_link,
     error_box,
+    layer_link,
     note,
     number,
     page_link,
@@ -112,8 +113,8 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
             html.Div([html.H2("Roles"), dcc.Loading(html.Div(id="ov-counts"), delay_show=400)],
                      className="card counts"),
         ], className="grid-2"),
-        html.Section([dcc.Graph(id="ov-bars", figure=message_figure("loading…"), config={"displaylogo": False})],
-                     className="card"),
+        html.Section([dcc.Graph(id="ov-bars", figure=message_figure("loading…"), config={"displaylogo": False}),
+                      html.Div(id="ov-layers", className="layer-links")], className="card"),
         html.Section([
             html.Div([html.H2("Role map"),
                       html.Div([html.Span("colour", className="control-name"),
@@ -274,6 +275,21 @@ def _map(runmap: RunMap, module: str, at, view: dict) -> dict:
         return message_figure(f"this model has no {MODULE_PLURALS[module]}")
     return runmap.map_figure(module, at, view.get("color", "role"), view.get("order", "role"),
                              view.get(f"{module}_x"), view.get(f"{module}_y"))
+
+
+@callback(Output("ov-layers", "children"), Input("ov-view", "data"))
+def _layer_links(view):
+    """A link per layer to its page (its units, the histogram of z_S − z_U, its SCU and UCU), at these
+    thresholds."""
+    thresholds = {k: view[k] for k in SLIDERS}
+    try:
+        per_layer = api(view.get("token")).roles(view["_run"], **thresholds)["per_layer"]
+    except ApiError:
+        return None  # the overview says why above
+    layers = sorted({row["layer"] for row in per_layer})
+    return [html.Span("Open a layer: ", className="muted"),
+            *[dcc.Link(str(layer), id=f"ov-layer-{layer}", className="layer-link",
+                       href=layer_link(view["_run"], layer, view.get("token"), **thresholds)) for layer in layers]]
 
 
 def _failed(error, intervene):

@@ -2,7 +2,7 @@
 units, and take role thresholds from a query."""
 from __future__ import annotations
 
-from fastapi import HTTPException, Response, status
+from fastapi import HTTPException, Query, Response, status
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
@@ -87,3 +87,9 @@ def lineage(session: Session, settings: Settings, model_path: str) -> dict:
         return {"parent_run": made.get("run_id"), "origin": {"kind": kind, "how": how,
                                                               "from": made.get("base_model") or made.get("model")}}
     return {"parent_run": None, "origin": {"kind": "base"}}
+
+
+def fraction():
+    """A threshold in the query (each parameter needs its own Query: FastAPI names a shared one after its first
+    use)."""
+    return Query(None, ge=0, le=1)

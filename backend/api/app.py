@@ -22,7 +22,7 @@ from backend.store.db import make_engine, session_factory
 from backend.store.folders import RunFolders, UnitsCache
 
 from .docs import serve_docs
-from .routes import catalog, compare, jobs, runs, shares, tokens
+from .routes import catalog, compare, jobs, runs, shares, tokens, units
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("ssah.api")
@@ -32,6 +32,7 @@ def _preload_engine() -> None:
     """Import torch and the engine once, off the request path, so the first request that needs them is quick."""
     try:
         import backend.engine.data  # noqa: F401
+        import backend.engine.inspect  # noqa: F401
         import backend.engine.roles  # noqa: F401
     except Exception:
         log.exception("could not import the engine")
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     app.state.units = UnitsCache()
     app.state.runner = runner if runner is not None else make_runner(settings)
 
-    for module in (runs, jobs, shares, compare, tokens, catalog):
+    for module in (runs, units, jobs, shares, compare, tokens, catalog):
         app.include_router(module.router, prefix=API_PREFIX)
     no_such_route(app)
     serve_docs(app)

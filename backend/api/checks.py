@@ -173,8 +173,11 @@ def unit_groups(groups: UnitGroups, units, loc: Loc):
 
     spec = groups.model_dump()
     thresholds = Thresholds(**spec["thresholds"]) if spec.get("thresholds") else None
+    explicit = tuple((u["layer"], u["module"], u["unit"]) for u in spec.get("units") or ())
+    layers = tuple(spec["layers"]) if spec.get("layers") is not None else None
     chosen_groups = Groups(groups=tuple(spec["groups"]), cu_fraction=spec["cu_fraction"], random=spec["random"],
-                           seed=spec["seed"], thresholds=thresholds, reference=spec.get("reference"))
+                           seed=spec["seed"], thresholds=thresholds, reference=spec.get("reference"),
+                           explicit=explicit, layers=layers)
     try:
         chosen = chosen_groups.choose(units)
     except InterventionError as error:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["SCU", "UCU", "CU", "RU"]
+Module = Literal["mlp", "attn"]
+Index = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Reference = Literal["safety", "utility", "pooled", "zero"]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Spec = Field(min_length=1, max_length=4096)
@@ -155,14 +157,26 @@ class UnitGroups(Strict):
 
     @model_validator(mode="after")
     def _something(self) -> UnitGroups:
-        if not self.groups and not self.cu_fraction and not self.random:
-            raise ValueError("name at least one of groups, cu_fraction or random")
+        if not self.groups and not self.cu_fraction and not self.random and not getattr(self, "units", None):
+            raise ValueError("name at least one of groups, cu_fraction, units or random")
         return self
+
+
+class UnitRef(Strict):
+    """One unit: MLP channel or attention head `unit` of `layer`."""
+
+    layer: Index
+    module: Module
+    unit: Index
 
 
 class PruneIn(UnitGroups):
     reference: Reference | None = Field(None, description="what pruned channels are held at; default: the other "
                                                           "attribute's mean (SCU -> utility, UCU -> safety)")
+    units: list[UnitRef] = Field(default_factory=list, max_length=4096,
+                                 description="single units pruned besides the groups (e.g. one SCU channel alone)")
+    layers: list[Index] | None = Field(None, min_length=1, max_length=1024,
+                                       description="keep only units of these layers (e.g. one layer's SCU)")
 
 
 class EvalIn(Strict):
@@ -361,3 +375,81 @@ class CallerOut(BaseModel):
     run_id: str | None = Field(None, description="the one run a share token may read")
     name: str | None = None
     expires_at: datetime | None = None
+
+
+class InspectionState(BaseModel):
+    """The newest inspect job of a unit."""
+
+    job_id: str
+    status: Status
+    progress: float
+    phase: str
+    error: str | None = None
+
+
+class Boundary(BaseModel):
+    key: Literal["sum", "diff"] = Field(description="what the role is ranked by: z_S + z_U (RU) or z_S - z_U")
+    cutoff: float | None = Field(description="the key of the last unit the role takes; null when it takes none")
+    distance: float | None = Field(description="the unit's key minus the cutoff, signed so that positive is inside "
+                                               "the role (before later roles override earlier ones)")
+    inside: bool
+
+
+class ChannelStats(BaseModel):
+    mean: list[float] = Field(description="B-input channel means on the set (a head: its d_h channels)")
+    variance: list[float] | None = Field(None, description="unbiased channel variances; null for runs made before "
+                                                           "variances were saved")
+
+
+class TokenLogit(BaseModel):
+    token: str
+    id: int
+    logit: float
+
+
+class UnitOut(BaseModel):
+    """One unit: its scores and where they sit in its layer and the model, its role and distance from each role's
+    boundary at the thresholds asked for, its channel statistics, and (once an inspect job has run) the tokens
+    its output promotes and suppresses and the calibration contexts where it fires most."""
+
+    run_id: str
+    module: Module
+    layer: int
+    unit: int
+    params: int
+    score_safety: float
+    score_utility: float
+    z_safety: float
+    z_utility: float
+    sum: float = Field(description="z_safety + z_utility")
+    diff: float = Field(description="z_safety - z_utility")
+    role: Role
+    thresholds: dict[str, float]
+    percentiles: dict[str, dict[str, float]] = Field(
+        description="`layer` (among its layer's units of its module type) and `model` (among all units): for each "
+                    "number, the percentage of units at or below it")
+    boundaries: dict[Literal["RU", "SCU", "UCU"], Boundary]
+    layer_units: int
+    model_units: int
+    channels: dict[str, ChannelStats] = Field(description="per calibration set")
+    top_tokens: dict[Literal["promoted", "suppressed"], list[TokenLogit]] | None = Field(
+        None, description="null until the unit has been inspected (POST .../inspections)")
+    contexts: dict[str, list[dict]] | None = Field(
+        None, description="per calibration set, the samples where the unit peaks highest: the peak `token`, its "
+                          "`activation`, and `tokens` around it with their `activations` (`focus` is the peak's "
+                          "index); null until inspected")
+    inspection_settings: dict | None = None
+    inspection: InspectionState | None = Field(None, description="the newest inspect job of this unit, if any")
+
+
+class LayerOut(BaseModel):
+    """Every unit of one layer (columns of equal length) with roles at the thresholds asked for, and each role's
+    boundary on its key, model-wide."""
+
+    run_id: str
+    layer: int
+    layers: list[int] = Field(description="all layers of the run")
+    thresholds: dict[str, float]
+    cutoffs: dict[str, float | None]
+    units: dict[str, list] = Field(description="module, unit, params, score_safety, score_utility, z_safety, "
+                                               "z_utility, role")

@@ -35,10 +35,11 @@ class Attribution:
     means: dict[str, torch.Tensor]
     manifest: dict = field(default_factory=dict)
     self_responses: list[dict] | None = None  # with responses="self": the model's own replies that were scored
+    variances: dict[str, torch.Tensor] | None = None  # unbiased channel variances, keyed as `means`
 
     def save(self, out: str | Path) -> Path:
-        """Write units.parquet, means.safetensors and manifest.json (and responses.jsonl with self responses);
-        each file appears whole or not at all."""
+        """Write units.parquet, means.safetensors and manifest.json (and variances.safetensors, and
+        responses.jsonl with self responses); each file appears whole or not at all."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         units = io.BytesIO()
@@ -46,6 +47,8 @@ class Attribution:
         files = {"units.parquet": units.getvalue(),
                  "means.safetensors": save({k: v.contiguous() for k, v in sorted(self.means.items())}),
                  "manifest.json": (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode()}
+        if self.variances is not None:
+            files["variances.safetensors"] = save({k: v.contiguous() for k, v in sorted(self.variances.items())})
         if self.self_responses is not None:
             files["responses.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                for r in self.self_responses).encode()
@@ -115,6 +118,7 @@ def attribute(loaded: LoadedModel, safety: Sequence[Pair] | CalibrationSet,
     units["role"] = classify(units.z_safety.to_numpy(), units.z_utility.to_numpy(), units.params.to_numpy(),
                              thresholds)
     means = {f"{split}.{key}": s.mean.float().cpu() for split in SPLITS for key, s in stats[split].items()}
+    variances = {f"{split}.{key}": s.var.float().cpu() for split in SPLITS for key, s in stats[split].items()}
     if progress:
         progress("scoring", 1, 1)
     t_end = time.perf_counter()
@@ -137,7 +141,7 @@ def attribute(loaded: LoadedModel, safety: Sequence[Pair] | CalibrationSet,
         "timings": {"load": round(load_seconds, 3), "forward": round(t_score - t_forward, 3),
                     "score": round(t_end - t_score, 3), "total": round(t_end - t0 + load_seconds, 3)},
     }
-    return Attribution(units, means, manifest)
+    return Attribution(units, means, manifest, variances=variances)
 
 
 def _units_table(scores: dict[str, list]) -> pd.DataFrame:
@@ -188,6 +192,7 @@ class RunFolder:
     units: pd.DataFrame
     means: dict[str, torch.Tensor]
     manifest: dict
+    variances: dict[str, torch.Tensor] | None = None  # None for runs made before variances were saved
 
     @property
     def tokens(self) -> dict[str, int]:
@@ -222,4 +227,40 @@ def load_run(folder: str | Path) -> RunFolder:
         manifest = json.loads(paths["manifest.json"].read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{paths['manifest.json']} is not readable JSON: {e}") from None
-    return RunFolder(folder, units, means, manifest)
+    variances = None
+    if (folder / "variances.safetensors").is_file():
+        try:
+            variances = load_file(str(folder / "variances.safetensors"))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DataError(f"{folder / 'variances.safetensors'} is not readable safetensors: {e}") from None
+    return RunFolder(folder, units, means, manifest, variances)
+
+
+def calibration_sets(run: RunFolder) -> dict[str, CalibrationSet]:
+    """The calibration sets a run was scored on, rebuilt as its manifest records them (name or path, samples,
+    seed; with responses="self" the replies saved in responses.jsonl), each checked against the recorded hash."""
+    manifest = run.manifest
+    saved = None
+    if manifest.get("responses") == "self":
+        path = run.folder / "responses.jsonl"
+        if not path.is_file():
+            raise DataError(f"{run.folder} was scored on the model's own replies, but its responses.jsonl is missing")
+        saved = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    sets = {}
+    for split in SPLITS:
+        recorded = (manifest.get("datasets") or {}).get(split)
+        if not recorded:
+            raise DataError(f"the manifest of {run.folder} records no {split} set")
+        name = recorded["name"]
+        if saved is not None:
+            pairs = tuple(Pair(r["prompt"], r["response"]) for r in saved if r.get("split") == split)
+            calibration = CalibrationSet(name, pairs, "responses.jsonl")
+        elif name.startswith("<"):
+            raise DataError(f"the {split} set of {run.folder} was given in memory ({name}); it cannot be read again")
+        else:
+            calibration = load_pairs(name, samples=recorded.get("samples"), seed=int(manifest.get("seed", 0)))
+        if recorded.get("hash") and calibration.content_hash() != recorded["hash"]:
+            raise DataError(f"the {split} set {name} is not the one {run.folder} was scored on (its content "
+                            "changed since); its statistics cannot be reproduced")
+        sets[split] = calibration
+    return sets

@@ -36,11 +36,14 @@ class InterventionError(ValueError):
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """Parsed form of `SCU,UCU`, `SCU,CU:0.06` or `random`: whole role groups plus the top fraction of CU."""
+    """Parsed form of `SCU,UCU`, `SCU,CU:0.06` or `random`: whole role groups plus the top fraction of CU, plus
+    `explicit` (layer, module, unit) triples, all kept to `layers` when given."""
 
     groups: tuple[str, ...] = ()
     cu_fraction: float = 0.0
     random: bool = False
+    explicit: tuple[tuple[int, str, int], ...] = ()
+    layers: tuple[int, ...] | None = None
 
     @classmethod
     def parse(cls, text: str) -> "GroupSpec":
@@ -66,9 +69,15 @@ class GroupSpec:
 
     def label(self, seed: int = 0) -> str:
         """`SCU,CU:0.06`, `SCU,random (seed 0)`: the spec as the CLI writes it."""
-        parts = [*self.groups, *([f"CU:{self.cu_fraction:g}"] if self.cu_fraction else []),
+        named = [f"{module}.{layer}.{unit}" for layer, module, unit in self.explicit[:3]]
+        if len(self.explicit) > 3:
+            named.append(f"{len(self.explicit) - 3} more units")
+        parts = [*self.groups, *([f"CU:{self.cu_fraction:g}"] if self.cu_fraction else []), *named,
                  *(["random"] if self.random else [])]
-        return ",".join(parts) + (f" (seed {seed})" if self.random else "")
+        where = ""
+        if self.layers is not None:
+            where = f" in layer{'s' if len(self.layers) != 1 else ''} {','.join(map(str, self.layers))}"
+        return ",".join(parts) + where + (f" (seed {seed})" if self.random else "")
 
 
 def check_same_model(units: pd.DataFrame, unit_map: UnitMap) -> None:
@@ -94,13 +103,18 @@ def check_same_model(units: pd.DataFrame, unit_map: UnitMap) -> None:
 
 def choose(units: pd.DataFrame, spec: GroupSpec, seed: int = 0, reference: str | None = None) -> pd.DataFrame:
     """The units a group spec names; with `random`, a seeded random set of the same parameter mass per module
-    as the named groups (or as SCU when `random` stands alone: the paper's control for pruning SCU)."""
-    chosen = select(units, spec.groups, cu_fraction=spec.cu_fraction, reference=reference)
+    as the named groups (or as SCU when `random` stands alone: the paper's control for pruning SCU), drawn from
+    the spec's layers when it names some."""
+    layers = list(spec.layers) if spec.layers is not None else None
+    chosen = select(units, spec.groups, cu_fraction=spec.cu_fraction, explicit=spec.explicit or None,
+                    layers=layers, reference=reference)
     if spec.random:
-        like = chosen if (spec.groups or spec.cu_fraction) else select(units, ["SCU"])
+        named = spec.groups or spec.cu_fraction or spec.explicit
+        like = chosen if named else select(units, ["SCU"], layers=layers)
         if like.empty:
             raise InterventionError("'random' needs groups to match in parameter mass, e.g. SCU,random")
-        chosen = random_like(units, like, seed=seed, reference=reference or matched_reference(like))
+        pool = units if layers is None else units[units.layer.isin(layers)]
+        chosen = random_like(pool, like, seed=seed, reference=reference or matched_reference(like))
     return chosen
 
 

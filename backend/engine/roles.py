@@ -15,6 +15,7 @@ import pandas as pd
 from backend.constants import ROLES
 
 SCU, UCU, CU, RU = range(4)  # role codes: indices into ROLES
+BOUNDARY_KEYS = {"RU": "sum", "SCU": "diff", "UCU": "diff"}  # the key each role is ranked by
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class RoleIndex:
         self.params = np.asarray(params, dtype=np.int64)
         self.total = int(self.params.sum())
         total, diff = z_safety + z_utility, z_safety - z_utility
-        self._sorted = {}
-        for role, key in ((RU, total), (SCU, -diff), (UCU, diff)):
+        self._sorted, self._keys = {}, {RU: total, SCU: -diff, UCU: diff}
+        for role, key in self._keys.items():
             order = np.argsort(key, kind="stable")
             self._sorted[role] = (order, np.cumsum(self.params[order]))
         self.blocks = np.zeros(len(self.params), dtype=np.int64) if blocks is None else np.asarray(blocks)
@@ -96,9 +97,28 @@ class RoleIndex:
     def roles(self, thresholds: Thresholds) -> np.ndarray:
         return np.array(ROLES, dtype=object)[self.codes(thresholds)]
 
+    def cutoffs(self, thresholds: Thresholds) -> dict[str, float | None]:
+        """Each role's boundary on the key it is ranked by (BOUNDARY_KEYS): the key of the last unit its prefix
+        takes, so RU is sum <= cutoff, SCU diff >= cutoff and UCU diff <= cutoff, before later roles override
+        earlier ones (units tied with the cutoff may fall outside). None for a role that takes no unit."""
+        out = {}
+        fractions = ((RU, thresholds.h_ru, 1), (SCU, thresholds.h_scu, -1), (UCU, thresholds.h_ucu, 1))
+        for role, fraction, sign in fractions:
+            taken = _prefix(*self._sorted[role], fraction)
+            out[ROLES[role]] = float(sign * self._keys[role][taken[-1]]) if len(taken) else None
+        return out
+
     def summary(self, thresholds: Thresholds) -> dict:
         """Counts and parameter fractions per role, overall and per (layer, module)."""
         return _summary(self.codes(thresholds), self.params, self.blocks, self.block_names)
+
+
+def boundary_distance(role: str, z_safety: float, z_utility: float, cutoff: float | None) -> float | None:
+    """How far a unit sits inside (positive) or outside (negative) a role's boundary, on that role's key."""
+    if cutoff is None:
+        return None
+    key = z_safety + z_utility if BOUNDARY_KEYS[role] == "sum" else z_safety - z_utility
+    return float(key - cutoff if role == "SCU" else cutoff - key)
 
 
 def classify(z_safety: np.ndarray, z_utility: np.ndarray, params: np.ndarray,

@@ -154,5 +154,17 @@ def align_task(ctx: Context, job, progress: Reporter) -> Outcome:
     return Outcome(result=report.to_dict(), undo=lambda: shutil.rmtree(out, ignore_errors=True))
 
 
+def inspect_task(ctx: Context, job, progress: Reporter) -> Outcome:
+    """One unit up close on the run's model: top tokens and peak contexts, cached in the run folder
+    (inspect/{module}.{layer}.{unit}.json) and kept as the job's result."""
+    progress.set_plan([("loading", 3), ("top tokens", 1), ("forward safety", 10), ("forward utility", 10),
+                       ("saving", 1)])
+    run = _run(ctx, job.run_id)
+    request = verbs.InspectRequest.from_dict({**job.request, "model": run.model_path, "run": _run_folder(ctx, run),
+                                              "device": ctx.device, "dtype": ctx.settings.dtype})
+    result = verbs.inspect(request, models=ctx.models, progress=progress)
+    return Outcome(result={"run_id": run.id, **result.to_dict()})
+
+
 TASKS = {"attribution": attribution_task, "preview": preview_task, "sweep": sweep_task, "estimate": estimate_task,
-         "finetune": finetune_task, "align": align_task}
+         "finetune": finetune_task, "align": align_task, "inspect": inspect_task}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.engine import atomic
+from backend.engine.inspect import inspection_path
 from backend.engine.roles import RoleIndex
 
 if TYPE_CHECKING:
@@ -68,6 +69,10 @@ class RunFolders:
         except OSError:
             return None
         return path
+
+    def inspection(self, name: str, module: str, layer: int, unit: int) -> dict | None:
+        """A unit's cached inspection (written by an inspect job), or None before there is one."""
+        return atomic.read_json(inspection_path(self.folder(name), module, layer, unit))
 
     def remove(self, name: str | None) -> None:
         """Delete a run folder: renamed away first, so it is never seen half deleted."""

@@ -162,3 +162,10 @@ def fail_running(sessions: sessionmaker[Session], reason: str, *, worker_id: str
 
 def active_jobs(session: Session, run_id: str) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.run_id == run_id, Job.status.in_(ACTIVE))))
+
+
+def latest_job(session: Session, run_id: str, kind: str, **request) -> Job | None:
+    """The newest job of `kind` on a run whose stored request holds these values (e.g. one unit's inspection)."""
+    jobs = session.scalars(select(Job).where(Job.run_id == run_id, Job.kind == kind)
+                           .order_by(Job.created_at.desc(), Job.id.desc()))
+    return next((job for job in jobs if all(job.request.get(k) == v for k, v in request.items())), None)

@@ -26,7 +26,7 @@ def test_an_attribution_and_a_preview_run_through_the_workers_code(roots, tmp_pa
     run = client.get(f"{API}/runs/{accepted['id']}").json()
     assert run["status"] == "succeeded", run["error"]
     assert sorted(p.name for p in (settings.runs_dir / run["id"]).iterdir()) == \
-        ["manifest.json", "means.safetensors", "units.parquet"]
+        ["manifest.json", "means.safetensors", "units.parquet", "variances.safetensors"]
 
     body = {"prune": {"groups": ["SCU"]}, "eval": {"harmful": ["harmful.jsonl"], "benign": ["benign.jsonl"],
                                                     "limit": 2, "max_new_tokens": 6, "judge": "keyword"}}

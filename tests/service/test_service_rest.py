@@ -61,7 +61,8 @@ def test_a_run_reports_progress_by_phase_and_writes_a_contract_run_folder(client
     manifest = final["manifest"]
     assert manifest["datasets"]["safety"]["samples"] == 150 and manifest["model"]["architecture"] == "llama"
     folder = runs_dir / final["id"]
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "means.safetensors", "units.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "means.safetensors", "units.parquet",
+                                                        "variances.safetensors"]
 
 
 def test_a_finished_run_folder_passes_the_contract_checker(run, runs_dir):

@@ -39,7 +39,7 @@ def _public(request: dict) -> dict:
 
 @router.get("", response_model=JobList)
 def list_jobs(session: SessionDep, caller: CallerDep, run_id: str | None = None,
-              kind: Literal["attribution", "preview", "sweep", "estimate", "finetune", "align"] | None = None,
+              kind: Literal["attribution", "preview", "sweep", "estimate", "finetune", "align", "inspect"] | None = None,
               status_: Status | None = Query(None, alias="status"),
               limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**31 - 1)) -> JobList:
     """Jobs, newest first, without their results (a share token sees only its run's)."""

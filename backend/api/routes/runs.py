@@ -13,7 +13,7 @@ from backend.store.folders import units_text
 from backend.store.tables import ACTIVE, Job, Run, new_id
 
 from .. import checks
-from ..actions import check_room, finished_units, lineage, queue_job, stop_job, thresholds_of
+from ..actions import check_room, finished_units, fraction, lineage, queue_job, stop_job, thresholds_of
 from ..deps import CallerDep, FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
 from ..schemas import (
     Accepted,
@@ -156,12 +156,6 @@ def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
     headers = {"Content-Disposition": f'attachment; filename="{name}"'} if name else None
     return Response(body, media_type=media, headers=headers)
 
-
-
-def fraction():
-    """A threshold in the query (each parameter needs its own Query: FastAPI names a shared one after its first
-    use)."""
-    return Query(None, ge=0, le=1)
 
 
 @router.get("/{run_id}/roles", response_model=RolesOut)
