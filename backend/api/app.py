@@ -21,6 +21,7 @@ from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
 from backend.store.folders import RunFolders, UnitsCache
 
+from .logs import protect_logs
 from .routes import catalog, compare, jobs, runs, shares, tokens
 
 API_PREFIX = "/api/v1"
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        protect_logs()  # the server has configured its logging by now
         state = app.state
         lost = recover_lost_jobs(state.sessions, state.folders, settings.lost_after_s)
         if lost:

@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app import mounts_for
     from backend.api.app import create_app
+    from backend.api.logs import log_config
     from backend.settings import Settings
 
     settings = Settings(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ssah: not a loopback address, so every request needs a token: ssah tokens create --name NAME",
               flush=True)
     app = create_app(settings, mounts=mounts_for(settings.host, settings.port))  # the dashboard at /
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=log_config("info"))
     return 0
 
 

@@ -1,0 +1,42 @@
+"""Tokens and links on a server bound to a non-loopback address, without a worker: tokens kept out of logs and out
+of URLs where they could do harm, share links that cannot be pointed elsewhere, tokens that expire."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from servicekit import API, run_body, serve, settings_in
+
+from backend.api.logs import RedactTokens, redact
+from backend.store.tokens import create_token
+
+TOKEN = "ssah_" + "A1b2-C3d4_" * 4
+
+
+@pytest.fixture()
+def public(roots, tmp_path):
+    """A server that needs tokens (bound to all interfaces), with no worker; yields (client, write token)."""
+    with serve(settings_in(tmp_path, roots, runner="none", host="0.0.0.0", port=8123)) as client:
+        with client.app.state.sessions.begin() as session:
+            _, token = create_token(session, "test", scope="write")
+        yield client, token
+
+
+def test_redaction_removes_tokens_in_queries_headers_and_bare():
+    assert redact(f"GET /api/v1/runs?token={TOKEN}&limit=5 HTTP/1.1") == "GET /api/v1/runs?token=[redacted]&limit=5 HTTP/1.1"
+    assert redact(f"/runs/x?h=1&access_token={TOKEN}") == "/runs/x?h=1&access_token=[redacted]"
+    assert redact(f"Authorization: Bearer {TOKEN}") == "Authorization: Bearer [redacted]"
+    assert TOKEN not in redact(f"unknown token {TOKEN!r}") and redact("?mytoken=abc") == "?mytoken=abc"
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", f"/runs?token={TOKEN}", "1.1", 200), None)
+    assert RedactTokens().filter(record) and record.args[2] == "/runs?token=[redacted]" and record.args[4] == 200
+
+
+def test_a_write_token_is_taken_only_from_the_authorization_header(public, roots):
+    client, token = public
+    assert client.get(f"{API}/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    in_query = client.get(f"{API}/runs", params={"token": token})
+    assert in_query.status_code == 401 and "Authorization" in in_query.json()["detail"]
+    run = client.post(f"{API}/runs", json=run_body(roots), headers={"Authorization": f"Bearer {token}"}).json()
+    share = client.post(f"{API}/shares", json={"run_id": run["id"]}, headers={"Authorization": f"Bearer {token}"})
+    assert client.get(f"{API}/runs/{run['id']}", params={"token": share.json()["token"]}).status_code == 200
