@@ -1,13 +1,25 @@
 """`ssah serve` as a real process: what its log shows, and what is left when it is stopped or killed."""
 from __future__ import annotations
 
+import signal
+import time
+
 import httpx
 import pytest
-from servicekit import API, run_body, serve_process, settings_in
+from servicekit import (API, PAUSE_AT, TERMINAL, alive, release, run_body, serve_process, settings_in,
+                        wait_until)
 
 pytestmark = pytest.mark.slow  # spawns `ssah serve`
 
 SECRET = "ssah_" + "s3cret-Token_value" * 2
+
+
+def wait_http(http: httpx.Client, path: str, check, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while not check(body := http.get(path).json()):
+        assert time.monotonic() < deadline, f"{path}: still {body.get('status')} ({body.get('phase')})"
+        time.sleep(0.1)
+    return body
 
 
 def test_tokens_never_reach_the_log(roots, tmp_path):
@@ -23,3 +35,27 @@ def test_tokens_never_reach_the_log(roots, tmp_path):
     assert "GET /api/v1/runs?token=[redacted]&limit=5" in log, log[-2000:]  # the access log still names the request
     assert "/runs/abc?h_scu=0.02&token=[redacted]" in log
     assert SECRET not in log and SECRET[5:20] not in log
+
+
+def test_after_a_kill_9_of_the_service_its_worker_exits_and_the_restart_runs_one_job_at_a_time(roots, tmp_path):
+    settings = settings_in(tmp_path, roots, pause_at=PAUSE_AT, lost_after_s=3)
+    with serve_process(settings, tmp_path / "serve.log") as served, \
+            httpx.Client(base_url=served.api, timeout=60) as http:
+        first = http.post("/runs", json=run_body(roots)).json()
+        second = http.post("/runs", json=run_body(roots, seed=1)).json()
+        wait_http(http, f"/runs/{first['id']}", lambda b: b["phase"].startswith("paused at"), 300)
+        assert http.get(f"/runs/{second['id']}").json()["status"] == "queued"
+        pids = served.pids() - {served.process.pid}
+        assert pids, "the service has no worker process"
+        served.process.send_signal(signal.SIGKILL)
+        served.process.wait()
+        # the orphaned worker notices at once that its parent is gone, and stops in the middle of its job
+        wait_until(lambda: not any(alive(pid) for pid in pids), 15, "exit of the orphaned worker")
+
+    release(settings, second["job_id"])
+    with serve_process(settings, tmp_path / "serve.log") as served, \
+            httpx.Client(base_url=served.api, timeout=60) as http:
+        done = wait_http(http, f"/runs/{second['id']}", lambda b: b["status"] in TERMINAL, 300)
+        assert done["status"] == "succeeded", done["error"]
+        lost = wait_http(http, f"/runs/{first['id']}", lambda b: b["status"] != "running", 60)
+        assert lost["status"] in ("failed", "queued", "succeeded")

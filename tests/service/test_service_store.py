@@ -85,3 +85,19 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert settings.loopback and not Settings(host="0.0.0.0").loopback
     monkeypatch.setenv("SSAH_DATABASE_URL", "postgresql+psycopg://ssah@db/ssah")
     assert Settings().database_url == "postgresql+psycopg://ssah@db/ssah"
+
+
+def test_a_device_is_held_by_one_worker_at_a_time(tmp_path):
+    from backend.jobs.worker import hold_device
+
+    lock = tmp_path / "devices" / "cuda:0-0.lock"
+    first = hold_device(lock)
+    second: list = []
+    waiting = threading.Thread(target=lambda: second.append(hold_device(lock)))
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive() and not second  # a new worker waits while the old one lives
+    first.close()  # the old worker exits: the kernel drops its lock
+    waiting.join(timeout=10)
+    assert second and lock.read_text().strip().isdigit()
+    second[0].close()
