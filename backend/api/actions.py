@@ -15,11 +15,15 @@ from .schemas import Accepted
 
 
 def check_room(session: Session, settings: Settings) -> None:
-    """A full queue is a 429 with Retry-After, before anything is written."""
-    if queue.queued_count(session) >= settings.max_queued_jobs:
+    """A full queue is a 429 with Retry-After, before anything is written. The queue stays locked until the
+    session commits the new job (or rolls back), so concurrent submits cannot overshoot the limit."""
+    try:
+        queue.admit(session, settings.max_queued_jobs)
+    except queue.QueueFull:
+        session.rollback()
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
                             detail=f"the queue is full ({settings.max_queued_jobs} jobs waiting); try again later",
-                            headers={"Retry-After": str(settings.retry_after_s)})
+                            headers={"Retry-After": str(settings.retry_after_s)}) from None
 
 
 def finished_units(run: Run, folders: RunFolders, units: UnitsCache) -> RunUnits:

@@ -59,6 +59,37 @@ def queued_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
 
 
+QUEUE_LOCK = 0x55A4_0001  # PostgreSQL advisory lock key of the queue
+
+
+class QueueFull(Exception):
+    """The queue holds `limit` jobs or more."""
+
+    def __init__(self, queued: int, limit: int):
+        super().__init__(f"the queue is full ({queued} jobs waiting, limit {limit})")
+        self.queued, self.limit = queued, limit
+
+
+def lock_queue(session: Session) -> None:
+    """Hold the queue's lock until this transaction ends, so that counting the queue and adding to it are one step
+    for every API process at once: on PostgreSQL a transaction-level advisory lock, on SQLite the database's write
+    lock (taken by a write that changes nothing; pysqlite begins the transaction before it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(QUEUE_LOCK)))
+    else:
+        session.execute(update(Job).where(Job.id.is_(None)).values(status=Job.status).execution_options(**NO_SYNC))
+
+
+def admit(session: Session, limit: int) -> int:
+    """Lock the queue (until the caller commits or rolls back) and return how many jobs wait; QueueFull when there
+    is no room for one more. Enqueue and commit in the same transaction."""
+    lock_queue(session)
+    queued = queued_count(session)
+    if queued >= limit:
+        raise QueueFull(queued, limit)
+    return queued
+
+
 def attribution_jobs(session: Session, run_ids: list[str]) -> dict[str, Job]:
     """The attribution job of each run (one query for a page of runs)."""
     jobs = session.scalars(select(Job).where(Job.run_id.in_(run_ids), Job.kind == "attribution")

@@ -33,6 +33,27 @@ class Roots:
     model: str = "llama-gqa"
 
 
+@contextmanager
+def fresh_postgres(url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of `url` (dropped on leaving); yields its URL."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    name = f"ssah_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
     return path
