@@ -28,13 +28,18 @@ API_PREFIX = "/api/v1"
 log = logging.getLogger("ssah.api")
 
 
-def _preload_engine() -> None:
-    """Import torch and the engine once, off the request path, so the first request that needs them is quick."""
+def _preload_engine(default_model: str) -> None:
+    """Import torch and the engine once, off the request path, so the first request that needs them is quick; and
+    build the default model's tokenizer (a submit checks row lengths with it; from a GGUF that takes a while)."""
     try:
         import backend.engine.data  # noqa: F401
         import backend.engine.roles  # noqa: F401
+        from backend.engine import models
+
+        if default_model in models.BUILTIN_MODELS:
+            models.load_tokenizer(default_model)
     except Exception:
-        log.exception("could not import the engine")
+        log.exception("could not preload the engine")
 
 
 class BodyLimit:
@@ -126,7 +131,8 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
             log.warning("failed %d job(s) whose worker was lost: %s", len(lost), ", ".join(lost))
         state.folders.clean_partials(keep=_running_run_ids(state.sessions))
         if settings.preload_engine:
-            threading.Thread(target=_preload_engine, name="ssah-preload", daemon=True).start()
+            threading.Thread(target=_preload_engine, args=(settings.default_model,), name="ssah-preload",
+                             daemon=True).start()
         state.runner.start()
         try:
             yield

@@ -1,8 +1,9 @@
 """Bad input: every bad field is a 4xx that names it, never a 500 (no worker needed: nothing has to run)."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
-from servicekit import API, bad_fields, run_body, serve, settings_in
+from servicekit import API, bad_fields, run_body, serve, settings_in, write_jsonl
 
 
 @pytest.fixture()
@@ -100,3 +101,52 @@ def test_a_full_queue_answers_429_with_retry_after(client, roots):
     first = client.get(f"{API}/runs", params={"status": "queued"}).json()["data"][-1]
     assert client.delete(f"{API}/runs/{first['id']}").json()["status"] == "cancelled"  # a cancel makes room
     assert post_run(client, roots, seed=3).status_code == 202
+
+
+def msg(response) -> str:
+    return " ".join(d["msg"] for d in response.json()["detail"])
+
+
+def test_data_files_are_read_at_submit_columns_and_token_lengths(client, roots):
+    long_rows = [("a short request", "a short reply"), ("word " * 300, "a reply")]
+    write_jsonl(roots.data / "long-row.jsonl", long_rows)
+    too_long = post_run(client, roots, safety="long-row.jsonl", max_length=64)
+    assert bad_fields(too_long) == ["body.safety"], too_long.text
+    assert "row 2" in msg(too_long) and "over the limit of 64" in msg(too_long)
+    over_context = post_run(client, roots, utility="long-row.jsonl")  # no max_length: the model's context (256)
+    assert bad_fields(over_context) == ["body.utility"] and "row 2" in msg(over_context)
+    assert post_run(client, roots, safety="long-row.jsonl", utility="long-row.jsonl", samples=1, seed=0,
+                    max_length=64).status_code in (202, 422)  # a sample may miss the long row; never a 500
+
+    (roots.data / "columns.csv").write_text("question,answer\nhow?,like this\n")
+    (roots.data / "columns.jsonl").write_text('{"prompt": "how?", "answer": "like this"}\n')
+    pd.DataFrame({"prompt": ["how?"], "reply": ["like this"]}).to_parquet(roots.data / "columns.parquet")
+    for name in ("columns.csv", "columns.jsonl", "columns.parquet"):
+        missing = post_run(client, roots, safety=name)
+        assert bad_fields(missing) == ["body.safety"], name
+        assert "response" in msg(missing), msg(missing)
+
+
+def test_model_files_are_read_at_submit_gguf_and_safetensors_headers(client, roots, tiny_model_path):
+    import shutil
+
+    from tiny import write_gguf
+
+    good = write_gguf(tiny_model_path("llama-gqa"), roots.models / "tiny-submit.gguf")
+    assert post_run(client, roots, model=good.name).status_code == 202
+    (roots.models / "garbage.gguf").write_bytes(b"not a model at all" * 10)
+    truncated = roots.models / "truncated.gguf"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for name in ("garbage.gguf", "truncated.gguf"):
+        bad = post_run(client, roots, model=name)
+        assert bad_fields(bad) == ["body.model"], name
+        assert "GGUF" in msg(bad), msg(bad)
+
+    folder = roots.models / "cut-weights"
+    shutil.copytree(roots.models / roots.model, folder, dirs_exist_ok=True)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    cut = post_run(client, roots, model="cut-weights")
+    assert bad_fields(cut) == ["body.model"] and "model.safetensors" in msg(cut), msg(cut)
+    weights.write_bytes(b"\xff" * 8 + b"{}")
+    assert bad_fields(post_run(client, roots, model="cut-weights")) == ["body.model"]
