@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -114,6 +115,16 @@ class Settings(BaseSettings):
     def finetunes_dir(self) -> Path:
         """Fine-tuned model folders; an implicit model root, so a fine-tuned model can be attributed in turn."""
         return self.runs_dir / "finetunes"
+
+    @property
+    def base_url(self) -> str:
+        """Where people reach this service (share links are built on it): SSAH_PUBLIC_URL, else the bind address and
+        port (the machine's name for a wildcard address such as 0.0.0.0). Never a request's Host header, which the
+        client chooses."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = socket.gethostname() if self.host.strip("[]") in ("0.0.0.0", "::", "") else self.host.strip("[]")
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def loopback(self) -> bool:

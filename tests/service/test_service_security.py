@@ -3,6 +3,7 @@ of URLs where they could do harm, share links that cannot be pointed elsewhere, 
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 from servicekit import API, run_body, serve, settings_in
@@ -40,3 +41,34 @@ def test_a_write_token_is_taken_only_from_the_authorization_header(public, roots
     run = client.post(f"{API}/runs", json=run_body(roots), headers={"Authorization": f"Bearer {token}"}).json()
     share = client.post(f"{API}/shares", json={"run_id": run["id"]}, headers={"Authorization": f"Bearer {token}"})
     assert client.get(f"{API}/runs/{run['id']}", params={"token": share.json()["token"]}).status_code == 200
+
+
+def test_share_links_are_built_from_the_configured_address_not_the_request(public, roots, tmp_path):
+    client, token = public
+    writer = {"Authorization": f"Bearer {token}"}
+    run = client.post(f"{API}/runs", json=run_body(roots), headers=writer).json()
+    share = client.post(f"{API}/shares", json={"run_id": run["id"]}, headers=writer | {"Host": "evil.example"})
+    assert share.status_code == 201, share.text
+    assert share.json()["url"].startswith(f"http://{socket.gethostname()}:8123/runs/{run['id']}?token=")
+    with serve(settings_in(tmp_path / "public-url", roots, runner="none",
+                           public_url="https://ssah.example.org/")) as other:
+        run = other.post(f"{API}/runs", json=run_body(roots)).json()
+        url = other.post(f"{API}/shares", json={"run_id": run["id"]}, headers={"Host": "evil.example"}).json()["url"]
+        assert url.startswith(f"https://ssah.example.org/runs/{run['id']}?token=")
+    with serve(settings_in(tmp_path / "loopback", roots, runner="none")) as loopback:
+        run = loopback.post(f"{API}/runs", json=run_body(roots)).json()
+        url = loopback.post(f"{API}/shares", json={"run_id": run["id"]}, headers={"Host": "evil.example"}).json()["url"]
+        assert url.startswith(f"http://127.0.0.1:8000/runs/{run['id']}?token=")
+
+
+@pytest.mark.parametrize("tail", ["%2e%2e/other", "%2E%2E/other", ".%2e/other", "..%2fother", "%252e%252e/other",
+                                  "%25252e%25252e/other", "x/%2e%2e/%2e%2e/other", "..%5cother", "%2e/units"])
+def test_a_share_view_is_checked_after_decoding(public, roots, tail):
+    client, token = public
+    writer = {"Authorization": f"Bearer {token}"}
+    run = client.post(f"{API}/runs", json=run_body(roots), headers=writer).json()
+    bad = client.post(f"{API}/shares", json={"run_id": run["id"], "view": f"/runs/{run['id']}/{tail}"}, headers=writer)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "view"], bad.text
+    fine = client.post(f"{API}/shares", json={"run_id": run["id"], "view": f"/runs/{run['id']}/units/mlp/0/3?x=%2e"},
+                       headers=writer)
+    assert fine.status_code == 201, fine.text
