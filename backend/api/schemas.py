@@ -13,9 +13,11 @@ Spec = Field(min_length=1, max_length=4096)
 
 
 class Strict(BaseModel):
-    """Unknown fields are refused, so a misspelt option is a 422 that names it rather than silently ignored."""
+    """A request body: unknown fields are refused, so a misspelt option is a 422 that names it rather than silently
+    ignored, and types are strict (pydantic strict mode), so `true` or `"8"` where an integer belongs, or `4.0` for
+    an integer, is a 422 rather than a guess; a JSON integer is still a valid float."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ThresholdsIn(Strict):

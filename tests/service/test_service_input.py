@@ -150,3 +150,15 @@ def test_model_files_are_read_at_submit_gguf_and_safetensors_headers(client, roo
     assert bad_fields(cut) == ["body.model"] and "model.safetensors" in msg(cut), msg(cut)
     weights.write_bytes(b"\xff" * 8 + b"{}")
     assert bad_fields(post_run(client, roots, model="cut-weights")) == ["body.model"]
+
+
+@pytest.mark.parametrize("field, value", [("samples", True), ("samples", "8"), ("batch_size", 4.0),
+                                          ("seed", False), ("max_length", "64"), ("self_max_new_tokens", 8.0),
+                                          ("thresholds", {"h_ru": "0.1"}), ("thresholds", {"h_scu": True})])
+def test_wrong_types_are_refused_not_coerced(client, roots, field, value):
+    answer = post_run(client, roots, **{field: value})
+    assert bad_fields(answer)[0].startswith(f"body.{field}"), answer.text
+
+
+def test_right_types_still_pass_json_integers_included_for_floats(client, roots):
+    assert post_run(client, roots, samples=12, thresholds={"h_ru": 0, "h_scu": 0.02, "h_ucu": 0}).status_code == 202
