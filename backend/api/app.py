@@ -91,29 +91,43 @@ class BodyLimit:
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def no_such_route(app: FastAPI) -> None:
-    """Every other path under /api/v1 answers JSON (404, or 405 with Allow when the path exists for other
-    methods), so that a client never gets the dashboard's HTML page for a mistyped API path."""
-    from starlette.routing import Match, Mount
+class NoSuchRoute:
+    """The ASGI app behind every path under /api/v1 that no API route serves for the request's method, whatever
+    the method (TRACE, PROPFIND, ...): JSON 404, or 405 with Allow when the path exists for other methods, so a
+    client never gets the dashboard's HTML page for an API path."""
 
-    def allowed(scope: Scope) -> set[str]:
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def allowed(self, scope: Scope) -> set[str]:
+        from starlette.routing import Match, Mount
+
         methods: set[str] = set()
-        for route in app.router.routes:
-            if isinstance(route, Mount) or getattr(route, "endpoint", None) is missing:
+        for route in self.app.router.routes:
+            if isinstance(route, Mount) or getattr(route, "app", None) is self:
                 continue
             methods |= {m for m in METHODS if route.matches({**scope, "method": m})[0] == Match.FULL}
         return methods
 
-    async def missing(request: Request) -> JSONResponse:
-        methods = allowed(dict(request.scope))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        methods = self.allowed(scope)
         if methods:
-            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405,
-                                headers={"Allow": ", ".join(sorted(methods))})
-        return JSONResponse({"detail": f"no API route {request.url.path}; the routes are listed at /docs"},
-                            status_code=404)
+            answer = JSONResponse({"detail": f"Method Not Allowed: {scope['method']} {scope['path']} answers "
+                                             f"{', '.join(sorted(methods))}"},
+                                  status_code=405, headers={"Allow": ", ".join(sorted(methods))})
+        else:
+            answer = JSONResponse({"detail": f"no API route {scope['path']}; the routes are listed at /docs"},
+                                  status_code=404)
+        await answer(scope, receive, send)
 
+
+def no_such_route(app: FastAPI) -> None:
+    """Answer JSON for every other path and method under /api/v1 (see NoSuchRoute); registered after the API's
+    routes and before any mount. A route whose endpoint is an ASGI app and whose methods are None takes any
+    method."""
+    missing = NoSuchRoute(app)
     for path in (API_PREFIX, API_PREFIX + "/{rest:path}"):
-        app.add_api_route(path, missing, methods=METHODS, include_in_schema=False)
+        app.router.add_route(path, missing, methods=None, include_in_schema=False)
 
 
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None,

@@ -162,3 +162,35 @@ def test_wrong_types_are_refused_not_coerced(client, roots, field, value):
 
 def test_right_types_still_pass_json_integers_included_for_floats(client, roots):
     assert post_run(client, roots, samples=12, thresholds={"h_ru": 0, "h_scu": 0.02, "h_ucu": 0}).status_code == 202
+
+
+def test_any_method_under_the_api_answers_json_even_with_the_dashboard_mounted(roots, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+
+    async def page(scope, receive, send):  # stands where the dashboard is mounted: HTML for every path and method
+        await send({"type": "http.response.start", "status": 405, "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.body", "body": b"<!DOCTYPE html><html>405</html>"})
+
+    with TestClient(create_app(settings_in(tmp_path, roots, runner="none"), mounts={"/": page})) as client:
+        for method in ("TRACE", "CONNECT", "PROPFIND", "PUT"):
+            answer = client.request(method, f"{API}/runs")
+            assert answer.status_code == 405 and answer.headers["content-type"] == "application/json", method
+            assert set(answer.headers["allow"].split(", ")) == {"GET", "POST"} and answer.json()["detail"]
+        answer = client.request("TRACE", f"{API}/no-such-thing")
+        assert answer.status_code == 404 and "no API route" in answer.json()["detail"]
+        assert client.request("TRACE", "/runs/abc").headers["content-type"] == "text/html"  # the dashboard's own
+
+
+def test_the_openapi_document_declares_the_errors_each_operation_returns(client):
+    operations = client.get("/openapi.json").json()["paths"]
+    codes = {(path.removeprefix(API), method): set(op["responses"]) for path, ops in operations.items()
+             for method, op in ops.items()}
+    assert {"202", "400", "401", "403", "413", "422", "429"} <= codes[("/runs", "post")]
+    assert {"200", "202", "404"} <= codes[("/runs/{run_id}", "delete")]
+    assert {"404", "409", "422"} <= codes[("/runs/{run_id}/units", "get")]
+    assert {"202", "404", "409", "429"} <= codes[("/runs/{run_id}/previews", "post")]
+    assert {"202", "404", "409"} <= codes[("/jobs/{job_id}", "delete")]
+    assert {"404"} <= codes[("/shares/{share_id}", "delete")] and "401" not in codes[("/health", "get")]
+    assert all("401" in c for (path, _), c in codes.items() if path != "/health")

@@ -26,6 +26,7 @@ from ..schemas import (
     RunList,
     RunOut,
     Status,
+    errors,
 )
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -43,7 +44,7 @@ def run_out(run: Run, job: Job | None, *, manifest: bool = True) -> RunOut:
 
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=errors(400, 403, 413, 429))
 def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: SettingsDep, runner: RunnerDep,
                folders: FoldersDep) -> Accepted:
     """Queue an attribution; the same model, data and settings as a finished run are answered from the cache
@@ -68,7 +69,7 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
     return Accepted(id=run.id, status=run.status, job_id=job.id)
 
 
-@router.get("", response_model=RunList)
+@router.get("", response_model=RunList, responses=errors())
 def list_runs(session: SessionDep, caller: CallerDep, limit: int = Query(100, ge=1, le=1000),
               offset: int = Query(0, ge=0, le=2**31 - 1), status_: Status | None = Query(None, alias="status")) -> RunList:
     """Runs, newest first (a share token sees only its own run)."""
@@ -83,12 +84,14 @@ def list_runs(session: SessionDep, caller: CallerDep, limit: int = Query(100, ge
     return RunList(data=[run_out(r, jobs.get(r.id), manifest=False) for r in runs], count=count or 0)
 
 
-@router.get("/{run_id}", response_model=RunOut)
+@router.get("/{run_id}", response_model=RunOut, responses=errors(403, 404))
 def read_run(run: RunDep, session: SessionDep) -> RunOut:
     return run_out(run, queue.attribution_job(session, run.id))
 
 
-@router.delete("/{run_id}", response_model=Deleted)
+@router.delete("/{run_id}", response_model=Deleted, responses={
+    202: {"model": Deleted, "description": "the run is running: its worker was asked to stop (status cancelling)"},
+    **errors(403, 404)})
 def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep, folders: FoldersDep,
                units: UnitsDep, response: Response) -> Deleted:
     """Cancel a queued or running run; delete a finished one with its folder, previews and fine-tune records."""
@@ -110,7 +113,8 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
     return Deleted(id=run.id, status="deleted")
 
 
-@router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+@router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
+                                          **errors(403, 404, 409)})
 def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
                format: Literal["json", "csv", "parquet"] = "json") -> Response:
     """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
@@ -137,7 +141,7 @@ def fraction():
     return Query(None, ge=0, le=1)
 
 
-@router.get("/{run_id}/roles", response_model=RolesOut)
+@router.get("/{run_id}/roles", response_model=RolesOut, responses=errors(403, 404, 409))
 def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | None = fraction(),
                h_scu: float | None = fraction(), h_ucu: float | None = fraction()) -> RolesOut:
     """Roles recomputed from the stored z-scores at other thresholds (default: the run's own), with counts and
@@ -147,7 +151,7 @@ def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | 
     return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
 
 
-@router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}, **errors(403, 404, 409)})
 def read_masks(run: RunDep, folders: FoldersDep, units: UnitsDep,
                groups: str = Query(min_length=1, max_length=200, description="e.g. SCU,CU:0.06 or RU or SCU,random"),
                mode: Literal["freeze", "train_only"] = "freeze", seed: int = Query(0, ge=0, le=2**32 - 1),
@@ -192,7 +196,8 @@ def read_masks(run: RunDep, folders: FoldersDep, units: UnitsDep,
 
 
 
-@router.post("/{run_id}/previews", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/previews", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_preview(run: RunDep, body: PreviewCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                    runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a preview: the run's model answers harmful and benign prompts as it is and with a unit group pruned;
@@ -201,7 +206,8 @@ def create_preview(run: RunDep, body: PreviewCreate, _: WriterDep, session: Sess
     return queue_job(session, settings, runner, "preview", run, request)
 
 
-@router.post("/{run_id}/finetunes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/finetunes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_finetune(run: RunDep, body: FinetuneCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                     runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a fine-tune of the run's model with units frozen (or only some trained); the model folder lands in
@@ -210,7 +216,8 @@ def create_finetune(run: RunDep, body: FinetuneCreate, _: WriterDep, session: Se
     return queue_job(session, settings, runner, "finetune", run, request)
 
 
-@router.post("/{run_id}/alignments", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/alignments", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_alignment(run: RunDep, body: AlignCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                      runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a safety alignment of the run's (unaligned) model: `ssah align` as a job. In budget mode only the

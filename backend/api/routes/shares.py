@@ -12,7 +12,7 @@ from backend.store.tokens import create_token
 
 from ..checks import bad_field, check_at_most
 from ..deps import SessionDep, SettingsDep, WriterDep
-from ..schemas import Deleted, ShareCreate, ShareOut
+from ..schemas import Deleted, ShareCreate, ShareOut, errors
 
 router = APIRouter(prefix="/shares", tags=["shares"])
 
@@ -48,7 +48,7 @@ def check_view(view: str, run_id: str) -> str:
     return view
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ShareOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ShareOut, responses=errors(400, 403, 404, 413))
 def create_share(body: ShareCreate, _: WriterDep, session: SessionDep, settings: SettingsDep) -> ShareOut:
     """A link to a run's view for a teammate: its token reads that run (and its units, roles and jobs) only,
     cannot write, and stops working at `expires_at`."""
@@ -67,7 +67,7 @@ def create_share(body: ShareCreate, _: WriterDep, session: SessionDep, settings:
     return ShareOut(id=share.id, run_id=run.id, view=view, url=url, token=plain, expires_at=expires_at)
 
 
-@router.delete("/{share_id}", response_model=Deleted)
+@router.delete("/{share_id}", response_model=Deleted, responses=errors(403, 404))
 def revoke_share(share_id: str, _: WriterDep, session: SessionDep) -> Deleted:
     """Stop a share link from working now."""
     share = session.get(Share, share_id)
