@@ -69,7 +69,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     sessions = session_factory(make_engine(Settings().database_url))
     with sessions.begin() as session:
         if args.action == "create":
-            expires = utcnow() + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+            expires = utcnow() + timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
             token, plain = tokens.create_token(session, args.name, scope="write", expires_at=expires)
             print(plain)
             print(f"token {token.id} ({args.name}): shown once, stored hashed; send it as "

@@ -72,3 +72,32 @@ def test_a_share_view_is_checked_after_decoding(public, roots, tail):
     fine = client.post(f"{API}/shares", json={"run_id": run["id"], "view": f"/runs/{run['id']}/units/mlp/0/3?x=%2e"},
                        headers=writer)
     assert fine.status_code == 201, fine.text
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "nan", "inf", "soon"])
+def test_the_cli_refuses_a_token_that_would_never_or_already_expire(days, tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    monkeypatch.setenv("SSAH_DATABASE_URL", f"sqlite:///{tmp_path / 'ssah.db'}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["tokens", "create", "--name", "x", "--expires-in-days", days])
+    assert exit_.value.code == 2 and "--expires-in-days" in capsys.readouterr().err
+    assert main(["tokens", "create", "--name", "x", "--expires-in-days", "0.5"]) == 0
+    assert capsys.readouterr().out.startswith("ssah_")
+
+
+def test_the_store_refuses_a_token_that_has_expired_before_it_exists(tmp_path):
+    from datetime import timedelta
+
+    from backend.store.db import make_engine, session_factory
+    from backend.store.tables import utcnow
+
+    sessions = session_factory(make_engine(f"sqlite:///{tmp_path / 'ssah.db'}"))
+    with sessions() as session:
+        for expires_at in (utcnow(), utcnow() - timedelta(days=1)):
+            with pytest.raises(ValueError, match="expires_at"):
+                create_token(session, "x", expires_at=expires_at)
+        with pytest.raises(ValueError, match="time zone"):
+            create_token(session, "x", expires_at=utcnow().replace(tzinfo=None) + timedelta(days=1))
+        assert create_token(session, "x", expires_at=utcnow() + timedelta(hours=1))[1].startswith("ssah_")
+        assert create_token(session, "x")[0].expires_at is None  # no expiry: said by leaving it out
