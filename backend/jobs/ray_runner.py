@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,24 @@ NAMESPACE = "ssah"
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024 * 1024  # jobs pass nothing through Ray's object store
 STOP_WAIT_S = 10.0
 MAX_REASON = 600  # Ray's reasons for a lost worker process run to a paragraph of likely causes
+
+
+@contextmanager
+def server_signals_kept() -> Iterator[None]:
+    """Keep the server's SIGTERM and SIGINT handlers across `ray.init`, which puts its own in (a `sys.exit` from
+    wherever the main thread is): with Ray's, `ssah serve` died on SIGTERM without stopping its workers or the local
+    Ray it started (raylet, ray::JobActor and ray::IDLE processes were left running); with the server's, uvicorn
+    shuts down in order and the runner's `stop` shuts Ray down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread has signal handlers (and Ray installs none from another thread)
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 class JobActor:
@@ -90,11 +111,12 @@ class RayRunner(SupervisedRunner):
     def start(self) -> None:
         s = self.settings
         if not ray.is_initialized():
-            if s.ray_address:
-                ray.init(address=s.ray_address)
-            else:
-                ray.init(num_cpus=s.ray_local_cpus, include_dashboard=False,
-                         object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            with server_signals_kept():
+                if s.ray_address:
+                    ray.init(address=s.ray_address)
+                else:
+                    ray.init(num_cpus=s.ray_local_cpus, include_dashboard=False,
+                             object_store_memory=LOCAL_OBJECT_STORE_BYTES)
             self._owns_ray = True
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         self.num_gpus = s.ray_num_gpus if s.ray_num_gpus is not None else (1.0 if cluster_gpus else 0.0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,15 @@ from servicekit import (API, PAUSE_AT, TERMINAL, alive, release, run_body, serve
 pytestmark = pytest.mark.slow  # spawns `ssah serve`
 
 SECRET = "ssah_" + "s3cret-Token_value" * 2
+
+
+def http_get_error(settings, job_id: str) -> str:
+    """A job's error, read from the database of a service that has stopped."""
+    from backend.store.db import make_engine, session_factory
+    from backend.store.tables import Job
+
+    with session_factory(make_engine(settings.database_url))() as session:
+        return session.get(Job, job_id).error or ""
 
 
 def wait_http(http: httpx.Client, path: str, check, timeout: float) -> dict:
@@ -59,3 +69,26 @@ def test_after_a_kill_9_of_the_service_its_worker_exits_and_the_restart_runs_one
         assert done["status"] == "succeeded", done["error"]
         lost = wait_http(http, f"/runs/{first['id']}", lambda b: b["status"] != "running", 60)
         assert lost["status"] in ("failed", "queued", "succeeded")
+
+
+def test_sigterm_stops_the_local_ray_the_service_started(roots, tmp_path):
+    pytest.importorskip("ray")
+    settings = settings_in(tmp_path, roots, runner="ray", ray_local_cpus=1, pause_at=PAUSE_AT)
+    with serve_process(settings, tmp_path / "serve.log", timeout=300) as served, \
+            httpx.Client(base_url=served.api, timeout=60) as http:
+        held = http.post("/runs", json=run_body(roots)).json()  # an actor busy with a job when the signal comes
+        wait_http(http, f"/runs/{held['id']}", lambda b: b["phase"].startswith("paused at"), 300)
+        pids = served.pids()
+        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80] for pid in pids
+                 if alive(pid)}
+        assert any("raylet" in n for n in names.values()) and any("ray::" in n for n in names.values()), names
+        served.process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down in order, then ends by the signal it caught, as a process killed by it would
+        assert served.process.wait(timeout=120) in (0, -signal.SIGTERM), served.text()[-3000:]
+        assert "Application shutdown complete" in served.text()
+        left = lambda: {pid: names.get(pid) for pid in pids if alive(pid)}  # noqa: E731
+        deadline = time.monotonic() + 10  # Ray's workers notice their raylet is gone within a few seconds
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left(), f"left running after SIGTERM: {left()}"
+    assert "the service stopped while this job was running" in http_get_error(settings, held["job_id"])
