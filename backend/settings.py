@@ -84,6 +84,8 @@ class Settings(BaseSettings):
 
     heartbeat_s: float = Field(2.0, gt=0, description="how often a busy worker writes its heartbeat")
     lost_after_s: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is lost")
+    max_retries: int = Field(1, ge=0, description="times a job lost with its worker, node or service is queued "
+                                                  "again before it fails (GET /jobs/{id} shows its attempts)")
     progress_interval_s: float = Field(0.25, gt=0, description="progress and cancel checks while a job runs")
     preload_engine: bool = Field(True, description="import the engine in the background at start-up")
     pause_at: str = Field("", description="fault injection for drills and tests: a job that reaches a phase starting "

@@ -140,9 +140,9 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     async def lifespan(app: FastAPI):
         protect_logs()  # the server has configured its logging by now
         state = app.state
-        lost = recover_lost_jobs(state.sessions, state.folders, settings.lost_after_s)
+        lost = recover_lost_jobs(state.sessions, state.folders, settings)
         if lost:
-            log.warning("failed %d job(s) whose worker was lost: %s", len(lost), ", ".join(lost))
+            log.warning("%d job(s) whose worker was lost (queued again or failed): %s", len(lost), ", ".join(lost))
         state.folders.clean_partials(keep=_running_run_ids(state.sessions))
         if settings.preload_engine:
             threading.Thread(target=_preload_engine, args=(settings.default_model,), name="ssah-preload",

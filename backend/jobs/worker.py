@@ -33,25 +33,28 @@ ORPHANED = 70  # exit code of a worker whose service died
 
 
 def run_job(ctx: Context, job) -> None:
-    """Run one claimed job to a terminal state."""
+    """Run one claimed job to a terminal state (or drop it, when it stopped being this worker's meanwhile)."""
     settings = ctx.settings
     reporter = Reporter(ctx.sessions, job.id, settings.progress_interval_s, settings.heartbeat_s,
-                        pause_at=settings.pause_at, release=settings.home / "release" / job.id)
+                        pause_at=settings.pause_at, release=settings.home / "release" / job.id,
+                        worker_id=job.worker_id)
+    mine = {"worker_id": job.worker_id}
     try:
         with reporter:
             outcome = tasks.TASKS[job.kind](ctx, job, reporter)
     except Cancelled:
-        finish(ctx.sessions, job.id, "cancelled", error="cancelled on request")
+        finish(ctx.sessions, job.id, "cancelled", error="cancelled on request", **mine)
         return
     except JobLost:
         log.warning("job %s was taken from this worker; its outcome is dropped", job.id)
         return
     except Exception as error:
         log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-        finish(ctx.sessions, job.id, "failed", error=tasks.describe_error(error))
+        finish(ctx.sessions, job.id, "failed", error=tasks.describe_error(error, **tasks.error_hints(ctx, job)),
+               **mine)
         return
-    if not finish(ctx.sessions, job.id, "succeeded", result=outcome.result, run_fields=outcome.run_fields):
-        outcome.undo()  # the job was cancelled, failed as lost or deleted meanwhile
+    if not finish(ctx.sessions, job.id, "succeeded", result=outcome.result, run_fields=outcome.run_fields, **mine):
+        outcome.undo()  # the job was cancelled, lost (and queued again) or deleted meanwhile
 
 
 def die_with_parent(parent) -> None:

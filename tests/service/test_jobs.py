@@ -39,3 +39,21 @@ def test_an_attribution_and_a_preview_run_through_the_workers_code(roots, tmp_pa
     assert asr["n"] == 2 and 0 <= asr["ci_low"] <= asr["rate"] <= asr["ci_high"] <= 1
     assert set(result["changes"]) == {"asr", "over_refusal", "off_topic", "degenerate"}
     assert all(side["reason"] for g in result["generations"] for side in (g["baseline"], g["pruned"]))
+
+
+def test_running_out_of_gpu_memory_says_how_much_was_asked_and_what_to_change():
+    import torch
+
+    from backend.jobs.tasks import describe_error
+
+    error = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 3.50 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.25 GiB "
+        "is free. Including non-PyTorch memory, this process has 77.93 GiB memory in use.")
+    text = describe_error(error, batch_size=32, dtype="float32")
+    assert text.startswith("out of GPU memory")
+    assert "3.50 GiB" in text and "79.19 GiB" in text and "1.25 GiB" in text
+    assert "batch_size" in text and "32" in text and "bfloat16" in text
+    assert "SSAH_DTYPE" not in describe_error(error, batch_size=1, dtype="bfloat16")  # already the smaller one
+    other = describe_error(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), batch_size=4)
+    assert "20.00 MiB" in other and "batch_size" in other
+    assert describe_error(ValueError("nope")) == "ValueError: nope"

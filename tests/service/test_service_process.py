@@ -15,13 +15,13 @@ pytestmark = pytest.mark.slow  # spawns `ssah serve`
 SECRET = "ssah_" + "s3cret-Token_value" * 2
 
 
-def http_get_error(settings, job_id: str) -> str:
-    """A job's error, read from the database of a service that has stopped."""
+def stored_job(settings, job_id: str):
+    """A job as the database of a service that has stopped holds it."""
     from backend.store.db import make_engine, session_factory
     from backend.store.tables import Job
 
     with session_factory(make_engine(settings.database_url))() as session:
-        return session.get(Job, job_id).error or ""
+        return session.get(Job, job_id)
 
 
 def wait_http(http: httpx.Client, path: str, check, timeout: float) -> dict:
@@ -62,13 +62,17 @@ def test_after_a_kill_9_of_the_service_its_worker_exits_and_the_restart_runs_one
         # the orphaned worker notices at once that its parent is gone, and stops in the middle of its job
         wait_until(lambda: not any(alive(pid) for pid in pids), 15, "exit of the orphaned worker")
 
-    release(settings, second["job_id"])
+    for accepted in (first, second):
+        release(settings, accepted["job_id"])
     with serve_process(settings, tmp_path / "serve.log") as served, \
             httpx.Client(base_url=served.api, timeout=60) as http:
-        done = wait_http(http, f"/runs/{second['id']}", lambda b: b["status"] in TERMINAL, 300)
-        assert done["status"] == "succeeded", done["error"]
-        lost = wait_http(http, f"/runs/{first['id']}", lambda b: b["status"] != "running", 60)
-        assert lost["status"] in ("failed", "queued", "succeeded")
+        # the first job's worker went with the service: it is found lost (no heartbeat) and run again
+        jobs = [wait_http(http, f"/jobs/{accepted['job_id']}", lambda b: b["status"] in TERMINAL, 300)
+                for accepted in (first, second)]
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"], [job["error"] for job in jobs]
+    assert [job["attempts"] for job in jobs] == [2, 1]
+    (a_start, a_end), (b_start, b_end) = [(job["started_at"], job["finished_at"]) for job in jobs]
+    assert a_end <= b_start or b_end <= a_start, jobs  # one device, one job at a time
 
 
 def test_sigterm_stops_the_local_ray_the_service_started(roots, tmp_path):
@@ -91,4 +95,5 @@ def test_sigterm_stops_the_local_ray_the_service_started(roots, tmp_path):
         while left() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not left(), f"left running after SIGTERM: {left()}"
-    assert "the service stopped while this job was running" in http_get_error(settings, held["job_id"])
+    job = stored_job(settings, held["job_id"])  # queued again, to run when the service is back
+    assert job.status == "queued" and "the service stopped while this job was running" in job.phase
