@@ -4,16 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from backend.store import queue
-from backend.store.folders import units_text
 from backend.store.tables import ACTIVE, Job, Run, new_id
 
 from .. import checks
-from ..actions import check_room, finished_units, queue_job, stop_job, thresholds_of
+from ..actions import check_room, finished_units, queue_job, stop_job, thresholds_of, units_response
 from ..deps import CallerDep, FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
 from ..schemas import (
     Accepted,
@@ -113,26 +112,16 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
     return Deleted(id=run.id, status="deleted")
 
 
-@router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
-                                          **errors(403, 404, 409)})
-def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
-               format: Literal["json", "csv", "parquet"] = "json") -> Response:
+@router.get("/{run_id}/units", responses={
+    200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}, "application/vnd.apache.arrow.stream": {}},
+          "description": "the units; csv, json and arrow gzipped (Content-Encoding) when the client accepts it"},
+    **errors(403, 404, 409)})
+def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep, request: Request,
+               format: Literal["json", "csv", "parquet", "arrow"] = "json") -> Response:
     """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
-    Parquet is the run folder's own file; csv and json hold the same rows (json as a list of records)."""
-    table = finished_units(run, folders, units).table
-    folder = folders.folder(run.result_dir)
-    if format == "parquet":
-        return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
-                            media_type="application/vnd.apache.parquet")
-    media = {"csv": "text/csv", "json": "application/json"}[format]
-    name = {"csv": f"units-{run.id}.csv", "json": None}[format]  # json is shown inline, csv downloaded
-    encoded = folders.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
-    if encoded is not None:
-        return FileResponse(encoded, media_type=media, filename=name)
-    body = units_text(table, format)
-    headers = {"Content-Disposition": f'attachment; filename="{name}"'} if name else None
-    return Response(body, media_type=media, headers=headers)
-
+    Parquet is the run folder's own file; csv, json (a list of records) and arrow (an Arrow IPC stream) hold the
+    same rows."""
+    return units_response(run, folders, units, format, request.headers.get("accept-encoding", ""))
 
 
 def fraction():
