@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ BUILTIN_MODELS = {
                     "a 2-bit DARE delta; see docs/results.md): refuses harmful requests, answers harmless ones"),
 }
 ASSETS_DIR = Path(__file__).parent
+_IMPORT_LOCK = threading.Lock()
 
 
 def ssah_home() -> Path:
@@ -260,8 +262,17 @@ def load_tokenizer(spec: str) -> tuple[object, int | None]:
     return _tokenizer_in(folder, spec)
 
 
+def auto_classes():
+    """transformers' AutoConfig, AutoModelForCausalLM and AutoTokenizer, imported under a lock: two threads that
+    import transformers' lazy modules for the first time at once can see a half-made module ("cannot import name
+    'AutoConfig'"), as the service's preload thread and a first request did."""
+    with _IMPORT_LOCK:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    return AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+
 def _tokenizer_in(folder: Path, spec: str) -> tuple[object, int | None]:
-    from transformers import AutoConfig, AutoTokenizer
+    AutoConfig, _, AutoTokenizer = auto_classes()
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
@@ -273,7 +284,7 @@ def _tokenizer_in(folder: Path, spec: str) -> tuple[object, int | None]:
 
 def _save_gguf_tokenizer(gguf: Path, out: Path) -> None:
     """The tokenizer and config of a GGUF file, written as a small folder (atomically)."""
-    from transformers import AutoConfig, AutoTokenizer
+    AutoConfig, _, AutoTokenizer = auto_classes()
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
@@ -364,7 +375,7 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
 def skeleton(spec: str) -> tuple[UnitMap, dict[str, tuple[int, ...]]]:
     """The unit map and parameter shapes of a model, built from its config on the meta device: no weights are
     read, so this is quick even for an 8B model (masks and unit layouts without loading it)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    AutoConfig, AutoModelForCausalLM, _ = auto_classes()
 
     folder = resolve(spec)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)

@@ -3,8 +3,9 @@
 Each actor asks Ray for `ray_num_gpus` GPUs and runs `worker.main`, so it claims jobs from the shared database
 (PostgreSQL across machines; the SQLite file on one machine), writes heartbeats and progress, and reads the cancel
 flag exactly as a local worker process does. A supervisor thread in the API process watches the actors: when one
-dies (`ray.kill`, out of memory, its node lost) the job it was running fails with Ray's reason, and is not
-retried, as with the local runner; a new actor takes its place. GPU nodes that join later get actors of their own.
+dies (`ray.kill`, out of memory, its node lost) the job it was running is queued again while it has retries left
+(SSAH_MAX_RETRIES), else failed with Ray's reason, as with the local runner; a new actor takes its place. GPU nodes
+that join later get actors of their own.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ class JobActor:
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, settings: Settings, worker_id: str, device: str) -> None:
@@ -147,7 +149,8 @@ class RayRunner(SupervisedRunner):
     def health(self) -> dict:
         with self._lock:
             workers = [{"device": self.device, "worker_id": s.worker_id, "actor": s.name, "namespace": NAMESPACE,
-                        "node": s.info.get("node"), "pid": s.info.get("pid"), "gpus": s.info.get("gpus", []),
+                        "node": s.info.get("node"), "node_id": s.info.get("node_id"), "pid": s.info.get("pid"),
+                        "gpus": s.info.get("gpus", []),
                         "alive": s.actor is not None and bool(s.info),
                         "pending": s.actor is not None and not s.info,  # waiting for a GPU (or still starting)
                         "restarts": s.restarts}

@@ -53,6 +53,8 @@ class RunFolders:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -81,6 +83,19 @@ class RunFolders:
         path = self.folder(name) / (f".units.{fmt}.gz" if gzipped else f".units.{fmt}")
         if path.is_file():
             return path
+        with self._encoding(path):  # many clients asking at once: one encodes, the others wait for its file
+            if path.is_file():
+                return path
+            return self._encode(path, name, fmt, table, gzipped)
+
+    @contextmanager
+    def _encoding(self, path: Path) -> Iterator[None]:
+        with self._locks_lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:
+            yield
+
+    def _encode(self, path: Path, name: str, fmt: str, table: "pd.DataFrame", gzipped: bool) -> Path | None:
         try:
             if gzipped:
                 plain = self.encoded(name, fmt, table)
