@@ -149,21 +149,26 @@ class Served:
         return self.log.read_text(errors="replace")
 
     def pids(self) -> set[int]:
-        """The server and every process below it (its workers, a local Ray's processes), from /proc."""
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                pid, rest = stat.read_text().split(" ", 1)
-                ppid = int(rest.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(pid))
-        found, todo = set(), [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            found.add(pid)
-            todo += children.get(pid, [])
-        return found
+        """The server and every process below it (its workers, a local Ray's processes)."""
+        return descendants(self.process.pid)
+
+
+def descendants(root: int) -> set[int]:
+    """`root` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+            ppid = int(rest.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 def alive(pid: int) -> bool:
