@@ -7,7 +7,6 @@ skip. The database is PostgreSQL when SSAH_TEST_POSTGRES_URL is set (as across m
 nodes are on this machine)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -32,7 +31,9 @@ def ray_start(*args: str, log: Path) -> subprocess.Popen:
     """`ray start ... --block` as its own process group (so it can be stopped with everything it started)."""
     command = [str(Path(sys.executable).parent / "ray"), "start", *args, "--block", "--disable-usage-stats",
                f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+    # Ray reads RAY_AUTH_MODE when it is imported: the nodes take this process's (disabled unless set), since
+    # `ray start` alone would turn token authentication on and this process could not join
+    env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     with open(log, "ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -52,13 +53,8 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         process.wait()
 
 
-def nodes_alive(address: str) -> int:
-    status = subprocess.run([str(Path(sys.executable).parent / "ray"), "list", "nodes", "--address", address,
-                             "--format", "json", "--filter", "state=ALIVE"], capture_output=True, text=True)
-    try:
-        return len(json.loads(status.stdout))
-    except ValueError:
-        return 0
+def nodes_alive() -> int:
+    return sum(node["Alive"] for node in ray.nodes())
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +70,15 @@ def cluster(tmp_path_factory):
                      f"--temp-dir={temp}", log=logs / "head.log")
     second = None
     try:
-        wait_until(lambda: nodes_alive(address) >= 1 or head.poll() is not None, 180, "Ray head")
+        wait_until(lambda: "Ray runtime started" in (logs / "head.log").read_text() or head.poll() is not None,
+                   180, "Ray head")
         assert head.poll() is None, (logs / "head.log").read_text()[-3000:]
         second = ray_start(f"--address={address}", "--num-cpus=1", "--num-gpus=0", log=logs / "node.log")
-        wait_until(lambda: nodes_alive(address) >= 2 or second.poll() is not None, 180, "second Ray node")
+        ray.init(address=address)  # only to watch the second node join; the service connects on its own
+        try:
+            wait_until(lambda: nodes_alive() >= 2 or second.poll() is not None, 180, "second Ray node")
+        finally:
+            ray.shutdown()
         assert second.poll() is None, (logs / "node.log").read_text()[-3000:]
         yield address, head, second
     finally:
