@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,6 +84,8 @@ class Settings(BaseSettings):
 
     heartbeat_s: float = Field(2.0, gt=0, description="how often a busy worker writes its heartbeat")
     lost_after_s: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is lost")
+    max_retries: int = Field(1, ge=0, description="times a job lost with its worker, node or service is queued "
+                                                  "again before it fails (GET /jobs/{id} shows its attempts)")
     progress_interval_s: float = Field(0.25, gt=0, description="progress and cancel checks while a job runs")
     preload_engine: bool = Field(True, description="import the engine in the background at start-up")
     pause_at: str = Field("", description="fault injection for drills and tests: a job that reaches a phase starting "
@@ -114,6 +117,16 @@ class Settings(BaseSettings):
     def finetunes_dir(self) -> Path:
         """Fine-tuned model folders; an implicit model root, so a fine-tuned model can be attributed in turn."""
         return self.runs_dir / "finetunes"
+
+    @property
+    def base_url(self) -> str:
+        """Where people reach this service (share links are built on it): SSAH_PUBLIC_URL, else the bind address and
+        port (the machine's name for a wildcard address such as 0.0.0.0). Never a request's Host header, which the
+        client chooses."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = socket.gethostname() if self.host.strip("[]") in ("0.0.0.0", "::", "") else self.host.strip("[]")
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def loopback(self) -> bool:

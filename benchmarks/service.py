@@ -89,8 +89,8 @@ def wait_for(http: httpx.Client, path: str, timeout: float = 600) -> dict:
 
 def one_client(base: str, run_id: str, requests: int, seed: int, preview_eval: dict,
                start: threading.Barrier | None = None) -> list[Sample]:
-    """One client's requests, in turn: the run list, the run, its units (json, csv, parquet in turn), its roles at
-    random thresholds, a preview of a random group."""
+    """One client's requests, in turn: the run list, the run, its units (json, csv, parquet, arrow in turn; gzipped
+    where httpx asks for it, as it does by default), its roles at random thresholds, a preview of a random group."""
     rng = random.Random(seed)
     samples = []
     with httpx.Client(base_url=base + API, timeout=60) as http:
@@ -105,7 +105,8 @@ def one_client(base: str, run_id: str, requests: int, seed: int, preview_eval: d
                 elif kind == "GET /runs/{id}":
                     response = http.get(f"/runs/{run_id}")
                 elif kind == "GET /runs/{id}/units":
-                    response = http.get(f"/runs/{run_id}/units", params={"format": ("json", "csv", "parquet")[i % 3]})
+                    response = http.get(f"/runs/{run_id}/units",
+                                        params={"format": ("json", "csv", "parquet", "arrow")[i % 4]})
                 elif kind == "GET /runs/{id}/roles":
                     response = http.get(f"/runs/{run_id}/roles", params={"h_scu": round(rng.uniform(0.005, 0.05), 3),
                                                                          "h_ru": round(rng.uniform(0.05, 0.2), 3)})
@@ -132,6 +133,13 @@ def load(base: str, run_id: str, *, clients: int, requests: int, preview_eval: d
                    for seed in range(clients)]
         samples = [s for f in futures for s in f.result()]
     return samples, time.perf_counter() - t0
+
+
+def wire_bytes(http: httpx.Client, path: str, fmt: str, encoding: str) -> int:
+    """Bytes the server sends for `path?format=fmt` to a client whose Accept-Encoding is `encoding`."""
+    with http.stream("GET", path, params={"format": fmt}, headers={"Accept-Encoding": encoding}) as response:
+        response.raise_for_status()
+        return sum(len(chunk) for chunk in response.iter_raw())
 
 
 def table(samples: list[Sample], alone: list[Sample]) -> str:
@@ -183,6 +191,12 @@ def main() -> None:
         units = sum(run["manifest"]["roles"].values())
         preview_eval = {"harmful": ["advbench-eval"], "benign": ["benign-prompts"], "limit": 2, "max_new_tokens": 8}
         with serve(settings.model_copy(update={"runner": args.runner})) as base:
+            with httpx.Client(base_url=base + API, timeout=120) as http:  # each format is encoded once, then a file
+                first = {}
+                for fmt in ("json", "csv", "arrow"):
+                    t0 = time.perf_counter()
+                    http.get(f"/runs/{run['id']}/units", params={"format": fmt}).raise_for_status()
+                    first[fmt] = time.perf_counter() - t0
             alone = one_client(base, run["id"], len(KINDS) * args.alone, 0, preview_eval)
             samples, wall = load(base, run["id"], clients=args.clients, requests=args.requests,
                                  preview_eval=preview_eval)
@@ -190,6 +204,8 @@ def main() -> None:
                 queued = http.get("/jobs", params={"kind": "preview", "status": "queued", "limit": 1000}).json()
                 for job in queued["data"]:
                     http.delete(f"/jobs/{job['id']}")
+                wire = {(fmt, enc): wire_bytes(http, f"/runs/{run['id']}/units", fmt, enc)
+                        for fmt in ("json", "csv", "arrow", "parquet") for enc in ("gzip", "identity")}
 
     errors = [s for s in alone + samples if not s.ok]
     made = ("from the cache of an earlier run in --folder" if run["cached"]
@@ -202,11 +218,18 @@ def main() -> None:
         f"A real uvicorn server on 127.0.0.1 (SQLite file, runner `{args.runner}`"
         + (", one CPU worker running the previews meanwhile" if args.runner == "local" else "")
         + f"), {args.clients} concurrent clients (threads, one httpx connection each) x {args.requests} requests, "
-        f"in turn: the run list, a run, its units (json / csv / parquet), its roles at random thresholds, a preview "
+        f"in turn: the run list, a run, its units (json / csv / parquet / arrow, gzipped where the client accepts it: "
+        f"httpx does by default), its roles at random thresholds, a preview "
         f"request. The run read: {args.model}, {args.samples} calibration pairs, {units} units ({made}). "
         f"Queue limit {args.max_queued_jobs}: a preview beyond it is a 429 with Retry-After, which counts as an "
         "answer. 'alone': the median of the same request made by one client before the load.", "",
         table(samples, alone), "",
+        "The first request for each format of the units encodes the table and gzips it once, kept as a file "
+        "beside it (" + ", ".join(f"{fmt} {t:.1f} s" for fmt, t in first.items()) + "); the table above starts "
+        "after that. Bytes on the wire for the run's units table (" + ", ".join(
+            f"{fmt} {wire[fmt, 'gzip'] / 1e6:.2f} MB gzipped / {wire[fmt, 'identity'] / 1e6:.2f} MB plain"
+            if fmt != "parquet" else f"parquet {wire[fmt, 'identity'] / 1e6:.2f} MB"
+            for fmt in ("json", "csv", "arrow", "parquet")) + ").", "",
         f"{len(samples)} requests in {wall:.1f} s ({len(samples) / wall:.0f} requests/s); "
         f"errors (not 2xx, nor 429 with Retry-After): {len(errors)}.", ""])
     print(text)

@@ -1,13 +1,16 @@
-"""What several routes do alike: refuse work when the queue is full, queue a job, stop one, read a finished run's
-units, and take role thresholds from a query."""
+"""What several routes do alike: refuse work when the queue is full, queue a job, stop one, read and send a finished
+run's units, and take role thresholds from a query."""
 from __future__ import annotations
 
+import gzip
+
 from fastapi import HTTPException, Query, Response, status
+from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
 from backend.store import queue
-from backend.store.folders import RunFolders, RunUnits, UnitsCache
+from backend.store.folders import RunFolders, RunUnits, UnitsCache, units_bytes
 from backend.store.tables import Job, Run
 
 from . import checks
@@ -15,11 +18,15 @@ from .schemas import Accepted
 
 
 def check_room(session: Session, settings: Settings) -> None:
-    """A full queue is a 429 with Retry-After, before anything is written."""
-    if queue.queued_count(session) >= settings.max_queued_jobs:
+    """A full queue is a 429 with Retry-After, before anything is written. The queue stays locked until the
+    session commits the new job (or rolls back), so concurrent submits cannot overshoot the limit."""
+    try:
+        queue.admit(session, settings.max_queued_jobs)
+    except queue.QueueFull:
+        session.rollback()
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
                             detail=f"the queue is full ({settings.max_queued_jobs} jobs waiting); try again later",
-                            headers={"Retry-After": str(settings.retry_after_s)})
+                            headers={"Retry-After": str(settings.retry_after_s)}) from None
 
 
 def finished_units(run: Run, folders: RunFolders, units: UnitsCache) -> RunUnits:
@@ -28,6 +35,45 @@ def finished_units(run: Run, folders: RunFolders, units: UnitsCache) -> RunUnits
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run.id} is {run.status}; its units exist once it "
                                                              "has succeeded")
     return units.get(folders.folder(run.result_dir))
+
+
+UNITS_MEDIA = {"csv": "text/csv", "json": "application/json", "arrow": "application/vnd.apache.arrow.stream"}
+COMPRESSIBLE = ("csv", "json", "arrow")  # parquet is compressed already
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (named, or `*`, with a q-value above 0)."""
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def units_response(run: Run, folders: RunFolders, units: UnitsCache, fmt: str, accept_encoding: str) -> Response:
+    """A finished run's units in `fmt`: parquet is the run folder's own file; csv, json and arrow are encoded once
+    and kept as files, and sent gzipped (Content-Encoding) to a client that accepts it."""
+    table = finished_units(run, folders, units).table
+    folder = folders.folder(run.result_dir)
+    if fmt == "parquet":
+        return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
+                            media_type="application/vnd.apache.parquet")
+    name = {"csv": f"units-{run.id}.csv", "arrow": f"units-{run.id}.arrows"}.get(fmt)  # json is shown inline
+    gzipped = fmt in COMPRESSIBLE and accepts_gzip(accept_encoding)
+    headers = {"Vary": "Accept-Encoding"} | ({"Content-Encoding": "gzip"} if gzipped else {})
+    encoded = folders.encoded(run.result_dir, fmt, table, gzipped=gzipped)
+    if encoded is not None:
+        return FileResponse(encoded, media_type=UNITS_MEDIA[fmt], filename=name, headers=headers)
+    body = units_bytes(table, fmt)  # a read-only results folder: encoded on every request
+    if gzipped:
+        body = gzip.compress(body, 6)
+    if name:
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return Response(body, media_type=UNITS_MEDIA[fmt], headers=headers)
 
 
 def queue_job(session: Session, settings: Settings, runner, kind: str, run: Run, request: dict) -> Accepted:

@@ -22,20 +22,26 @@ from backend.store.db import make_engine, session_factory
 from backend.store.folders import RunFolders, UnitsCache
 
 from .docs import serve_docs
+from .logs import protect_logs
 from .routes import catalog, compare, jobs, runs, shares, tokens, units
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("ssah.api")
 
 
-def _preload_engine() -> None:
-    """Import torch and the engine once, off the request path, so the first request that needs them is quick."""
+def _preload_engine(default_model: str) -> None:
+    """Import torch and the engine once, off the request path, so the first request that needs them is quick; and
+    build the default model's tokenizer (a submit checks row lengths with it; from a GGUF that takes a while)."""
     try:
         import backend.engine.data  # noqa: F401
         import backend.engine.inspect  # noqa: F401
         import backend.engine.roles  # noqa: F401
+        from backend.engine import models
+
+        if default_model in models.BUILTIN_MODELS:
+            models.load_tokenizer(default_model)
     except Exception:
-        log.exception("could not import the engine")
+        log.exception("could not preload the engine")
 
 
 class BodyLimit:
@@ -87,29 +93,43 @@ class BodyLimit:
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def no_such_route(app: FastAPI) -> None:
-    """Every other path under /api/v1 answers JSON (404, or 405 with Allow when the path exists for other
-    methods), so that a client never gets the dashboard's HTML page for a mistyped API path."""
-    from starlette.routing import Match, Mount
+class NoSuchRoute:
+    """The ASGI app behind every path under /api/v1 that no API route serves for the request's method, whatever
+    the method (TRACE, PROPFIND, ...): JSON 404, or 405 with Allow when the path exists for other methods, so a
+    client never gets the dashboard's HTML page for an API path."""
 
-    def allowed(scope: Scope) -> set[str]:
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def allowed(self, scope: Scope) -> set[str]:
+        from starlette.routing import Match, Mount
+
         methods: set[str] = set()
-        for route in app.router.routes:
-            if isinstance(route, Mount) or getattr(route, "endpoint", None) is missing:
+        for route in self.app.router.routes:
+            if isinstance(route, Mount) or getattr(route, "app", None) is self:
                 continue
             methods |= {m for m in METHODS if route.matches({**scope, "method": m})[0] == Match.FULL}
         return methods
 
-    async def missing(request: Request) -> JSONResponse:
-        methods = allowed(dict(request.scope))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        methods = self.allowed(scope)
         if methods:
-            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405,
-                                headers={"Allow": ", ".join(sorted(methods))})
-        return JSONResponse({"detail": f"no API route {request.url.path}; the routes are listed at /docs"},
-                            status_code=404)
+            answer = JSONResponse({"detail": f"Method Not Allowed: {scope['method']} {scope['path']} answers "
+                                             f"{', '.join(sorted(methods))}"},
+                                  status_code=405, headers={"Allow": ", ".join(sorted(methods))})
+        else:
+            answer = JSONResponse({"detail": f"no API route {scope['path']}; the routes are listed at /docs"},
+                                  status_code=404)
+        await answer(scope, receive, send)
 
+
+def no_such_route(app: FastAPI) -> None:
+    """Answer JSON for every other path and method under /api/v1 (see NoSuchRoute); registered after the API's
+    routes and before any mount. A route whose endpoint is an ASGI app and whose methods are None takes any
+    method."""
+    missing = NoSuchRoute(app)
     for path in (API_PREFIX, API_PREFIX + "/{rest:path}"):
-        app.add_api_route(path, missing, methods=METHODS, include_in_schema=False)
+        app.router.add_route(path, missing, methods=None, include_in_schema=False)
 
 
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None,
@@ -120,13 +140,15 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        protect_logs()  # the server has configured its logging by now
         state = app.state
-        lost = recover_lost_jobs(state.sessions, state.folders, settings.lost_after_s)
+        lost = recover_lost_jobs(state.sessions, state.folders, settings)
         if lost:
-            log.warning("failed %d job(s) whose worker was lost: %s", len(lost), ", ".join(lost))
+            log.warning("%d job(s) whose worker was lost (queued again or failed): %s", len(lost), ", ".join(lost))
         state.folders.clean_partials(keep=_running_run_ids(state.sessions))
         if settings.preload_engine:
-            threading.Thread(target=_preload_engine, name="ssah-preload", daemon=True).start()
+            threading.Thread(target=_preload_engine, args=(settings.default_model,), name="ssah-preload",
+                             daemon=True).start()
         state.runner.start()
         try:
             yield

@@ -1,5 +1,6 @@
-"""Checks of a request that need the settings or the engine: model and data paths inside their roots, numbers
-within the service's limits, unit groups that exist in a run, and the cache key of a run.
+"""Checks of a request that need the settings or the engine: model and data paths inside their roots, model files
+that can be read, data rows that fit the model's tokenizer and max_length, numbers within the service's limits,
+unit groups that exist in a run, and the cache key of a run.
 
 Each failure is a 422 whose `loc` names the field, shaped like FastAPI's own validation errors. The engine (and
 with it torch) is imported here on first use, never when the API starts.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
 from fastapi import HTTPException
@@ -80,9 +82,10 @@ def check_model(spec: str, settings: Settings, loc: Loc = ("body", "model")) -> 
                         ", ".join(models.BUILTIN_MODELS))
     try:
         if path.is_dir():
-            return str(models.resolve(str(path)))  # reads config.json: architecture, safetensors, no remote code
-        if path.suffix != ".gguf":
+            path = models.resolve(str(path))  # reads config.json: architecture, safetensors, no remote code
+        elif path.suffix != ".gguf":
             raise models.ModelError(f"{spec} is a file but not a .gguf model; give a model folder or a .gguf file")
+        models.check_weights(path)  # headers only: a damaged file is refused now, not in the worker
     except models.ModelError as error:
         raise bad_field(loc, str(error)) from None
     return str(path)
@@ -97,6 +100,36 @@ def model_hash(model_path: str, loc: Loc = ("body", "model")) -> str:
         return models.model_hash(model_path)
     except models.ModelError as error:
         raise bad_field(loc, f"built-in model {model_path!r} is not installed on this server: {error}") from None
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(model_path: str, content_hash: str):
+    from backend.engine import models
+
+    return models.load_tokenizer(model_path)
+
+
+def check_lengths(model_path: str, content_hash: str, sets, max_length: int | None, prompts_only: bool,
+                  loc: Loc = ("body", "model")) -> None:
+    """Tokenise each calibration set (`sets`: (loc, name as given, CalibrationSet)) as the worker will, with the
+    model's tokenizer: a row over `max_length` (default: the model's context length) is a 422 at its set."""
+    from backend.engine import models
+    from backend.engine.chat import encode_pairs
+    from backend.engine.data import DataError, Pair
+
+    try:
+        tokenizer, context = _tokenizer(model_path, content_hash)
+    except models.ModelError as error:
+        raise bad_field(loc, str(error)) from None
+    limit = max_length or context
+    if limit is None:
+        return
+    for where, name, calibration in sets:
+        pairs = [Pair(p.prompt, "") for p in calibration.pairs] if prompts_only else calibration.pairs
+        try:
+            encode_pairs(tokenizer, pairs, max_length=limit, source=name)
+        except DataError as error:
+            raise bad_field(where, str(error)) from None
 
 
 def data_path(spec: str, settings: Settings, loc: Loc) -> str:
@@ -153,8 +186,12 @@ def check_run(body: RunCreate, settings: Settings) -> tuple[str, str, dict, str]
     safety, safety_set = load_set(body.safety, settings, ("body", "safety"), samples=body.samples, seed=body.seed)
     utility, utility_set = load_set(body.utility, settings, ("body", "utility"), samples=body.samples,
                                     seed=body.seed)
+    content_hash = model_hash(model_path)
+    check_lengths(model_path, content_hash, [(("body", "safety"), body.safety, safety_set),
+                                             (("body", "utility"), body.utility, utility_set)],
+                  body.max_length, prompts_only=body.responses == "self")
     run_settings = body.model_dump(exclude={"model", "name", "tags", "notes"}) | {
-        "paths": {"safety": safety, "utility": utility}, "model_hash": model_hash(model_path)}
+        "paths": {"safety": safety, "utility": utility}, "model_hash": content_hash}
     keyed = {k: v for k, v in run_settings.items() if k not in ("safety", "utility", "paths")}
     if body.responses == "given":
         keyed.pop("self_max_new_tokens")

@@ -1,8 +1,8 @@
 """Dependencies of the routes: settings, a database session, the runner and result stores, and auth.
 
 Auth: on a loopback bind address (127.0.0.0/8, ::1, localhost) every request is allowed. On any other address
-every request needs `Authorization: Bearer <token>` (a GET may give `?token=` instead, for share links and
-EventSource): a write token may do anything; a share token (read scope, pinned to one run) may only read its run.
+every request needs `Authorization: Bearer <token>`: a write token may do anything; a share token (read scope,
+pinned to one run) may only read its run, and only it may come as `?token=` on a GET (share links, EventSource).
 """
 from __future__ import annotations
 
@@ -82,13 +82,18 @@ def get_caller(request: Request, session: SessionDep, settings: SettingsDep) -> 
     scheme, _, plain = header.partition(" ")
     if header and scheme.lower() != "bearer":
         raise _unauthorized("the Authorization header must be 'Bearer <token>'")
-    plain = plain.strip() or (request.query_params.get("token", "") if request.method == "GET" else "")
+    plain, in_query = plain.strip(), False
+    if not plain and request.method in ("GET", "HEAD"):
+        plain, in_query = request.query_params.get("token", ""), True
     if not plain:
         raise _unauthorized("this server needs a token: send 'Authorization: Bearer <token>' "
                             "(make one with `ssah tokens create`, or use a share link)")
     token, why = check_token(session, plain)
     if token is None:
         raise _unauthorized(why)
+    if in_query and token.scope != "read":  # URLs end up in logs, histories and Referer headers
+        raise _unauthorized("a write token is taken only from the header 'Authorization: Bearer <token>', never "
+                            "from ?token= (that is for read-only share links)")
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_EVERY:  # not a write per request
         token.last_used_at = now

@@ -14,10 +14,37 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Spec = Field(min_length=1, max_length=4096)
 
 
-class Strict(BaseModel):
-    """Unknown fields are refused, so a misspelt option is a 422 that names it rather than silently ignored."""
+class ErrorOut(BaseModel):
+    """Every error: `detail` is a sentence, or (422) a list of {loc, msg, type} naming each bad field."""
 
-    model_config = ConfigDict(extra="forbid")
+    detail: str | list[dict]
+
+
+ERRORS = {
+    400: "the body could not be read (not UTF-8, not decodable)",
+    401: "a token is needed (the server is bound to a non-loopback address) or the token is unknown, expired or "
+         "revoked; a write token only as 'Authorization: Bearer'",
+    403: "the token may not do this: a share token reads only its run and writes nothing",
+    404: "no such run, job or share",
+    409: "the state does not allow it: the run has not succeeded yet, the job has ended, or the run's model is gone",
+    413: "the body is over SSAH_MAX_BODY_BYTES",
+    422: "a bad field; `loc` names it",
+    429: "the queue is full (SSAH_MAX_QUEUED_JOBS); try again after Retry-After seconds",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict]:
+    """The `responses` of an operation that may answer these error codes (always with 401 and 422: every
+    operation but health reads the caller's token and validates its parameters)."""
+    return {code: {"model": ErrorOut, "description": ERRORS[code]} for code in sorted({401, 422, *codes})}
+
+
+class Strict(BaseModel):
+    """A request body: unknown fields are refused, so a misspelt option is a 422 that names it rather than silently
+    ignored, and types are strict (pydantic strict mode), so `true` or `"8"` where an integer belongs, or `4.0` for
+    an integer, is a 422 rather than a guess; a JSON integer is still a valid float."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ThresholdsIn(Strict):

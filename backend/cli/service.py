@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app import mounts_for
     from backend.api.app import create_app
+    from backend.api.logs import log_config
     from backend.settings import Settings
 
     settings = Settings(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ssah: not a loopback address, so every request needs a token: ssah tokens create --name NAME",
               flush=True)
     app = create_app(settings, mounts=mounts_for(settings.host, settings.port))  # the dashboard at /
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=log_config("info"))
     return 0
 
 
@@ -68,7 +69,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     sessions = session_factory(make_engine(Settings().database_url))
     with sessions.begin() as session:
         if args.action == "create":
-            expires = utcnow() + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+            expires = utcnow() + timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
             token, plain = tokens.create_token(session, args.name, scope="write", expires_at=expires)
             print(plain)
             print(f"token {token.id} ({args.name}): shown once, stored hashed; send it as "

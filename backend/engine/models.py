@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ BUILTIN_MODELS = {
                     "a 2-bit DARE delta; see docs/results.md): refuses harmful requests, answers harmless ones"),
 }
 ASSETS_DIR = Path(__file__).parent
+_IMPORT_LOCK = threading.Lock()
 
 
 def ssah_home() -> Path:
@@ -201,6 +203,101 @@ def resolve(spec: str) -> Path:
                      "(or give a local folder, a .gguf file or a cached hub id)")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a model's files without loading it (the service checks a request with these before queueing it)
+
+
+def check_weights(path: str | Path) -> None:
+    """Read the headers of a model's weight files without loading a tensor: a .gguf file, or every .safetensors
+    file of a folder. A damaged or truncated file is a ModelError naming it."""
+    path = Path(path)
+    if path.is_file():
+        _check_gguf(path)
+        return
+    for weights in sorted(path.glob("*.safetensors")):
+        _check_safetensors(weights)
+
+
+def _check_gguf(path: Path) -> None:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except Exception as e:  # gguf raises ValueError, struct errors, numpy reshape errors on a broken file
+        raise ModelError(f"{path.name} is not a readable GGUF file ({e}); is it complete?") from None
+    if not reader.tensors:
+        raise ModelError(f"{path.name}: a GGUF file without tensors")
+    if end > path.stat().st_size:
+        raise ModelError(f"{path.name}: a truncated GGUF file ({path.stat().st_size} bytes, its tensors need {end})")
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except Exception as e:  # SafetensorError on a bad header or a file shorter than its header says
+        raise ModelError(f"{path.name} is not a readable safetensors file ({e}); is it complete?") from None
+
+
+def load_tokenizer(spec: str) -> tuple[object, int | None]:
+    """(tokenizer, context length) of a model without loading its weights or converting it: a built-in name, a
+    model folder or a .gguf file. A GGUF's tokenizer is slow to build (tens of seconds for a 49k vocabulary), so
+    it is built once and kept under SSAH_HOME/tokenizers (a derived built-in model has its base's tokenizer)."""
+    if spec in BUILTIN_MODELS:
+        while "base" in BUILTIN_MODELS[spec]:
+            spec = BUILTIN_MODELS[spec]["base"]
+        converted = ssah_home() / "models" / spec
+        gguf_path = None if (converted / "config.json").is_file() else _package_gguf(spec, BUILTIN_MODELS[spec])
+        folder = converted
+    else:
+        path = Path(spec)
+        folder, gguf_path = (None, path) if path.is_file() else (path, None)
+    if gguf_path is not None:
+        folder = ssah_home() / "tokenizers" / content_hash(gguf_path)[:16]
+        if not (folder / "config.json").is_file():
+            _save_gguf_tokenizer(gguf_path, folder)
+    return _tokenizer_in(folder, spec)
+
+
+def auto_classes():
+    """transformers' AutoConfig, AutoModelForCausalLM and AutoTokenizer, imported under a lock: two threads that
+    import transformers' lazy modules for the first time at once can see a half-made module ("cannot import name
+    'AutoConfig'"), as the service's preload thread and a first request did."""
+    with _IMPORT_LOCK:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    return AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+
+def _tokenizer_in(folder: Path, spec: str) -> tuple[object, int | None]:
+    AutoConfig, _, AutoTokenizer = auto_classes()
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as e:  # a missing or unreadable tokenizer file, a tokenizer type transformers cannot read
+        raise ModelError(f"cannot read the tokenizer of {spec}: {e}") from None
+    return tokenizer, getattr(config, "max_position_embeddings", None)
+
+
+def _save_gguf_tokenizer(gguf: Path, out: Path) -> None:
+    """The tokenizer and config of a GGUF file, written as a small folder (atomically)."""
+    AutoConfig, _, AutoTokenizer = auto_classes()
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    except Exception as e:
+        raise ModelError(f"cannot read the tokenizer of GGUF file {gguf.name}: {e}") from None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with atomic.staged_folder(out, prefix=f".{out.name}-") as staging:
+        tokenizer.save_pretrained(staging)
+        config.save_pretrained(staging)
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache as the environment names it *now* (HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME,
     XDG_CACHE_HOME): huggingface_hub reads these once, when it is first imported."""
@@ -278,7 +375,7 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
 def skeleton(spec: str) -> tuple[UnitMap, dict[str, tuple[int, ...]]]:
     """The unit map and parameter shapes of a model, built from its config on the meta device: no weights are
     read, so this is quick even for an 8B model (masks and unit layouts without loading it)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    AutoConfig, AutoModelForCausalLM, _ = auto_classes()
 
     folder = resolve(spec)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)

@@ -61,6 +61,7 @@ class Reporter:
     lost: threading.Event = field(default_factory=threading.Event)
     pause_at: str = ""  # fault injection (SSAH_PAUSE_AT): wait at the first phase that starts with this
     release: Path | None = None  # ... until this file exists, the job is cancelled or its worker dies
+    worker_id: str | None = None  # reports count only while the job is still this worker's
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -109,7 +110,7 @@ class Reporter:
             if state == written and time.monotonic() - last_write < self.heartbeat_s:
                 continue
             try:
-                flag = report(self.sessions, self.job_id, *state)
+                flag = report(self.sessions, self.job_id, *state, worker_id=self.worker_id)
             except Exception:
                 log.exception("could not report progress of job %s", self.job_id)
                 continue

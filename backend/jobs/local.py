@@ -71,8 +71,9 @@ class LocalRunner(SupervisedRunner):
     def _spawn(self, slot: Slot) -> None:
         slot.worker_id = f"{self._instance}:{slot.device}:{slot.index}:{slot.restarts}"
         slot.wake = self.context.Event()
+        same = sum(other.device == slot.device for other in self.slots[:slot.index])
         slot.process = self.context.Process(
-            target=worker.main, args=(self.settings, slot.worker_id, slot.device, slot.wake),
+            target=worker.main, args=(self.settings, slot.worker_id, slot.device, slot.wake, f"{slot.device}-{same}"),
             name=f"ssah-worker-{slot.device}-{slot.index}", daemon=True)
         slot.process.start()
         slot.started_at = time.monotonic()

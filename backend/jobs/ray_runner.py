@@ -3,17 +3,21 @@
 Each actor asks Ray for `ray_num_gpus` GPUs and runs `worker.main`, so it claims jobs from the shared database
 (PostgreSQL across machines; the SQLite file on one machine), writes heartbeats and progress, and reads the cancel
 flag exactly as a local worker process does. A supervisor thread in the API process watches the actors: when one
-dies (`ray.kill`, out of memory, its node lost) the job it was running fails with Ray's reason, and is not
-retried, as with the local runner; a new actor takes its place. GPU nodes that join later get actors of their own.
+dies (`ray.kill`, out of memory, its node lost) the job it was running is queued again while it has retries left
+(SSAH_MAX_RETRIES), else failed with Ray's reason, as with the local runner; a new actor takes its place. GPU nodes
+that join later get actors of their own.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,24 @@ STOP_WAIT_S = 10.0
 MAX_REASON = 600  # Ray's reasons for a lost worker process run to a paragraph of likely causes
 
 
+@contextmanager
+def server_signals_kept() -> Iterator[None]:
+    """Keep the server's SIGTERM and SIGINT handlers across `ray.init`, which puts its own in (a `sys.exit` from
+    wherever the main thread is): with Ray's, `ssah serve` died on SIGTERM without stopping its workers or the local
+    Ray it started (raylet, ray::JobActor and ray::IDLE processes were left running); with the server's, uvicorn
+    shuts down in order and the runner's `stop` shuts Ray down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread has signal handlers (and Ray installs none from another thread)
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 class JobActor:
     """One worker as a Ray actor: `run` is the worker loop (it returns only when the actor dies), `notify` wakes
     it while it waits for a job (the actor is threaded, so `notify` runs beside `run`)."""
@@ -42,6 +64,7 @@ class JobActor:
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, settings: Settings, worker_id: str, device: str) -> None:
@@ -90,11 +113,12 @@ class RayRunner(SupervisedRunner):
     def start(self) -> None:
         s = self.settings
         if not ray.is_initialized():
-            if s.ray_address:
-                ray.init(address=s.ray_address)
-            else:
-                ray.init(num_cpus=s.ray_local_cpus, include_dashboard=False,
-                         object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            with server_signals_kept():
+                if s.ray_address:
+                    ray.init(address=s.ray_address)
+                else:
+                    ray.init(num_cpus=s.ray_local_cpus, include_dashboard=False,
+                             object_store_memory=LOCAL_OBJECT_STORE_BYTES)
             self._owns_ray = True
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         self.num_gpus = s.ray_num_gpus if s.ray_num_gpus is not None else (1.0 if cluster_gpus else 0.0)
@@ -125,7 +149,8 @@ class RayRunner(SupervisedRunner):
     def health(self) -> dict:
         with self._lock:
             workers = [{"device": self.device, "worker_id": s.worker_id, "actor": s.name, "namespace": NAMESPACE,
-                        "node": s.info.get("node"), "pid": s.info.get("pid"), "gpus": s.info.get("gpus", []),
+                        "node": s.info.get("node"), "node_id": s.info.get("node_id"), "pid": s.info.get("pid"),
+                        "gpus": s.info.get("gpus", []),
                         "alive": s.actor is not None and bool(s.info),
                         "pending": s.actor is not None and not s.info,  # waiting for a GPU (or still starting)
                         "restarts": s.restarts}

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.settings import Settings
 from backend.store.db import make_engine, session_factory
 from backend.store.folders import RunFolders
-from backend.store.queue import fail_running
+from backend.store.queue import lose_running
 from backend.store.tables import utcnow
 
 log = logging.getLogger("ssah.jobs")
@@ -127,8 +127,9 @@ class SupervisedRunner:
         with self._lock:
             for slot in self.slots:
                 if self._halt(slot):  # stopped first, so it claims nothing after this
-                    fail_running(self.sessions, "the service stopped while this job was running",
-                                 worker_id=slot.worker_id)
+                    lost = lose_running(self.sessions, "the service stopped while this job was running",
+                                        retries=self.settings.max_retries, worker_id=slot.worker_id)
+                    self.folders.clean_partials({job.run_id for job, _ in lost if job.run_id})
 
     def _supervise(self) -> None:
         last_sweep = time.monotonic()
@@ -138,22 +139,21 @@ class SupervisedRunner:
                     for slot in self.slots:
                         self._check(slot)
                 if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-                    recover_lost_jobs(self.sessions, self.folders, self.settings.lost_after_s)
+                    recover_lost_jobs(self.sessions, self.folders, self.settings)
                     self._on_sweep()
                     last_sweep = time.monotonic()
             except Exception:  # the supervisor must outlive a database or cluster hiccup
                 log.exception("%s: check failed; trying again", self.thread_name)
 
     def _restart(self, slot, reason: str, who: str) -> None:
-        """`slot`'s worker died (its fields already cleared): fail the job it was running with `reason`, and start
-        a new worker, at once or, in a crash loop, after a delay that doubles up to a minute.
-
-        The job is not retried: what killed the worker (often running out of memory) would most likely kill the
-        next attempt too. The reason says what happened; resubmit to retry."""
-        failed = fail_running(self.sessions, reason, worker_id=slot.worker_id)
-        self.folders.clean_partials({job.run_id for job in failed if job.run_id})
-        log.warning("%s: %s; failed jobs: %s", who, reason, [j.id for j in failed] or "none")
-        quick = not failed and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
+        """`slot`'s worker died (its fields already cleared): the job it was running is queued again while it has
+        retries left (SSAH_MAX_RETRIES; a worker or node that dies is often not the job's fault), else failed
+        with `reason`; and a new worker starts, at once or, in a crash loop, after a delay that doubles up to a
+        minute."""
+        lost = lose_running(self.sessions, reason, retries=self.settings.max_retries, worker_id=slot.worker_id)
+        self.folders.clean_partials({job.run_id for job, _ in lost if job.run_id})
+        log.warning("%s: %s; its jobs: %s", who, reason, [f"{j.id} {now}" for j, now in lost] or "none")
+        quick = not lost and time.monotonic() - slot.started_at < QUICK_DEATH_S  # a crash loop, not a bad job
         slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
         slot.restarts += 1
         slot.next_start = time.monotonic() + (min(60.0, 2.0 ** slot.quick_deaths) if quick else 0.0)
@@ -161,11 +161,12 @@ class SupervisedRunner:
             self._spawn(slot)
 
 
-def recover_lost_jobs(sessions: sessionmaker[Session], folders: RunFolders, lost_after_s: float) -> list[str]:
-    """Fail running jobs whose worker stopped sending heartbeats, and remove their half-written folders;
-    returns the ids of the jobs failed."""
-    before = utcnow() - timedelta(seconds=lost_after_s)
-    lost = fail_running(sessions, f"worker lost: no heartbeat for {lost_after_s:g} s (the worker process or its "
-                                  "machine stopped while running this job)", heartbeat_before=before)
-    folders.clean_partials({job.run_id for job in lost if job.run_id})
-    return [job.id for job in lost]
+def recover_lost_jobs(sessions: sessionmaker[Session], folders: RunFolders, settings: Settings) -> list[str]:
+    """Running jobs whose worker stopped sending heartbeats are queued again (while they have retries left) or
+    failed, and their half-written folders removed; returns '<job id> <new status>' for each."""
+    before = utcnow() - timedelta(seconds=settings.lost_after_s)
+    lost = lose_running(sessions, f"worker lost: no heartbeat for {settings.lost_after_s:g} s (the worker process "
+                                  "or its machine stopped while running this job)",
+                        retries=settings.max_retries, heartbeat_before=before)
+    folders.clean_partials({job.run_id for job, _ in lost if job.run_id})
+    return [f"{job.id} {now}" for job, now in lost]

@@ -5,6 +5,7 @@ cancelled or killed job leaves no half-written folder behind. Importing this mod
 """
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +25,53 @@ class Outcome:
     undo: Callable[[], None] = field(default=lambda: None)  # removes what was published, if the job was dropped
 
 
-def describe_error(error: Exception) -> str:
-    """The message a user sees for a failed job: the engine's own words for bad input, else the type too."""
+def describe_error(error: Exception, *, batch_size: int | None = None, dtype: str | None = None) -> str:
+    """The message a user sees for a failed job: the engine's own words for bad input, what to change for running
+    out of GPU memory, else the error's type and text."""
     from backend.engine.delta import DeltaError
     from backend.engine.errors import DataError, ModelError
     from backend.engine.interventions import InterventionError
 
     if isinstance(error, (DataError, ModelError, InterventionError, DeltaError)):
         return str(error)
+    if _out_of_memory(error):
+        return describe_out_of_memory(str(error), batch_size=batch_size, dtype=dtype)
     return f"{type(error).__name__}: {error}"
+
+
+def _out_of_memory(error: Exception) -> bool:
+    import torch
+
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, out_of_memory) or "CUDA out of memory" in str(error)
+
+
+def describe_out_of_memory(text: str, *, batch_size: int | None = None, dtype: str | None = None) -> str:
+    """'out of GPU memory: it asked for 3.50 GiB more (GPU 0: 79.19 GiB in all, 1.25 GiB free); lower batch_size
+    ...', from torch's message."""
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
+    device = re.search(r"(GPU \d+) has a total capacity of ([\d.]+ ?[KMGT]?i?B) of which ([\d.]+ ?[KMGT]?i?B) is free",
+                       text)
+    what = f"it asked for {asked.group(1)} more" if asked else "an allocation did not fit"
+    if device:
+        what += f" ({device.group(1)}: {device.group(2)} in all, {device.group(3)} free)"
+    changes = [f"lower batch_size (now {batch_size})" if batch_size else "lower batch_size"]
+    if dtype not in ("bfloat16", "float16"):
+        changes.append(f"run in bfloat16 (SSAH_DTYPE=bfloat16, now {dtype or 'auto'}: half the memory of float32)")
+    changes.append("use fewer samples, a smaller max_length or a GPU with more memory")
+    return f"out of GPU memory: {what}. To fit: {'; '.join(changes[:-1])}; or {changes[-1]}"
+
+
+def error_hints(ctx: Context, job) -> dict:
+    """What a failure message may name: the job's batch size and the worker's dtype."""
+    request = job.request or {}
+    batch_size = request.get("batch_size") or (request.get("sets") or {}).get("batch_size") \
+        or (request.get("config") or {}).get("batch_size")
+    if batch_size is None and job.kind == "attribution" and job.run_id:
+        with ctx.sessions() as session:
+            run = session.get(Run, job.run_id)
+            batch_size = run.settings.get("batch_size") if run is not None else None
+    return {"batch_size": batch_size, "dtype": ctx.settings.dtype}
 
 
 def _run(ctx: Context, run_id: str) -> Run:

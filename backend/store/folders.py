@@ -2,6 +2,7 @@
 `.partial-*` name and renamed into place, and removed by renaming it away first."""
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import threading
@@ -22,6 +23,9 @@ PARTIAL = ".partial-"
 TRASH = ".trash-"
 
 
+GZIP_LEVEL = 9  # compressed once per run and format, then served as a file: the smallest is worth the time
+
+
 def units_text(table: "pd.DataFrame", fmt: str) -> str:
     """A units table as CSV, or as JSON records (floats to 15 digits)."""
     if fmt == "csv":
@@ -31,12 +35,27 @@ def units_text(table: "pd.DataFrame", fmt: str) -> str:
     raise ValueError(f"no encoding {fmt!r}")
 
 
+def units_bytes(table: "pd.DataFrame", fmt: str) -> bytes:
+    """A units table as CSV, JSON records or an Arrow IPC stream."""
+    if fmt == "arrow":
+        import pyarrow as pa
+
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, arrow.schema) as writer:
+            writer.write_table(arrow)
+        return sink.getvalue().to_pybytes()
+    return units_text(table, fmt).encode("utf-8")
+
+
 class RunFolders:
     """The results dir: one folder per run, named by run id."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -58,14 +77,33 @@ class RunFolders:
                         shutil.copy2(path, staging / path.name)
         return run_id
 
-    def encoded(self, name: str, fmt: str, table: "pd.DataFrame") -> Path | None:
-        """A run's units as CSV or JSON records, encoded once and kept beside units.parquet as a hidden file
-        (folders never change once published); None when the folder cannot be written."""
-        path = self.folder(name) / f".units.{fmt}"
+    def encoded(self, name: str, fmt: str, table: "pd.DataFrame", *, gzipped: bool = False) -> Path | None:
+        """A run's units as CSV, JSON records or Arrow IPC (gzipped, when asked), encoded once and kept beside
+        units.parquet as a hidden file (folders never change once published); None when the folder cannot be
+        written."""
+        path = self.folder(name) / (f".units.{fmt}.gz" if gzipped else f".units.{fmt}")
         if path.is_file():
             return path
+        with self._encoding(path):  # many clients asking at once: one encodes, the others wait for its file
+            if path.is_file():
+                return path
+            return self._encode(path, name, fmt, table, gzipped)
+
+    @contextmanager
+    def _encoding(self, path: Path) -> Iterator[None]:
+        with self._locks_lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:
+            yield
+
+    def _encode(self, path: Path, name: str, fmt: str, table: "pd.DataFrame", gzipped: bool) -> Path | None:
         try:
-            atomic.write_text(path, units_text(table, fmt))
+            if gzipped:
+                plain = self.encoded(name, fmt, table)
+                data = plain.read_bytes() if plain is not None else units_bytes(table, fmt)
+                atomic.write_bytes(path, gzip.compress(data, GZIP_LEVEL, mtime=0))
+            else:
+                atomic.write_bytes(path, units_bytes(table, fmt))
         except OSError:
             return None
         return path

@@ -1,7 +1,8 @@
 """The life of runs and jobs in the database: enqueue, claim, report, finish, cancel, fail.
 
-Every state change is one guarded UPDATE (`... WHERE status = 'queued'` / `'running'`), so two workers, or a worker
-and the API, never both win the same transition. An attribution job's run mirrors its status.
+Every state change is one guarded UPDATE (`... WHERE status = 'queued'` / `'running'`, and the worker that holds
+the job), so two workers, or a worker and the API, never both win the same transition. A job lost with its worker
+is queued again while it has retries left. An attribution job's run mirrors its status.
 """
 from __future__ import annotations
 
@@ -60,6 +61,37 @@ def queued_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
 
 
+QUEUE_LOCK = 0x55A4_0001  # PostgreSQL advisory lock key of the queue
+
+
+class QueueFull(Exception):
+    """The queue holds `limit` jobs or more."""
+
+    def __init__(self, queued: int, limit: int):
+        super().__init__(f"the queue is full ({queued} jobs waiting, limit {limit})")
+        self.queued, self.limit = queued, limit
+
+
+def lock_queue(session: Session) -> None:
+    """Hold the queue's lock until this transaction ends, so that counting the queue and adding to it are one step
+    for every API process at once: on PostgreSQL a transaction-level advisory lock, on SQLite the database's write
+    lock (taken by a write that changes nothing; pysqlite begins the transaction before it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(QUEUE_LOCK)))
+    else:
+        session.execute(update(Job).where(Job.id.is_(None)).values(status=Job.status).execution_options(**NO_SYNC))
+
+
+def admit(session: Session, limit: int) -> int:
+    """Lock the queue (until the caller commits or rolls back) and return how many jobs wait; QueueFull when there
+    is no room for one more. Enqueue and commit in the same transaction."""
+    lock_queue(session)
+    queued = queued_count(session)
+    if queued >= limit:
+        raise QueueFull(queued, limit)
+    return queued
+
+
 def attribution_jobs(session: Session, run_ids: list[str]) -> dict[str, Job]:
     """The attribution job of each run (one query for a page of runs)."""
     jobs = session.scalars(select(Job).where(Job.run_id.in_(run_ids), Job.kind == "attribution")
@@ -96,21 +128,25 @@ def claim(sessions: sessionmaker[Session], worker_id: str) -> Job | None:
         return job
 
 
-def report(sessions: sessionmaker[Session], job_id: str, progress: float, phase: str) -> bool | None:
+def report(sessions: sessionmaker[Session], job_id: str, progress: float, phase: str,
+           worker_id: str | None = None) -> bool | None:
     """Write progress and a heartbeat; returns whether a cancel was asked for, or None when the job is no longer
-    this worker's to run (finished, failed as lost, or deleted)."""
+    this worker's to run (finished, lost and queued again or taken by another worker, or deleted)."""
+    guard = [Job.worker_id == worker_id] if worker_id is not None else []
     with sessions.begin() as session:
         row = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running")
+            update(Job).where(Job.id == job_id, Job.status == "running", *guard)
             .values(progress=progress, phase=phase, heartbeat_at=utcnow())
             .returning(Job.cancel_requested).execution_options(**NO_SYNC)).first()
     return None if row is None else bool(row[0])
 
 
 def finish(sessions: sessionmaker[Session], job_id: str, status: str, *, error: str | None = None,
-           result: dict | None = None, run_fields: dict | None = None) -> bool:
-    """Move a running job to a terminal status (and its run, for an attribution); False when it was not running."""
+           result: dict | None = None, run_fields: dict | None = None, worker_id: str | None = None) -> bool:
+    """Move a running job to a terminal status (and its run, for an attribution); False when it was not running
+    (or, with `worker_id`, not that worker's any more)."""
     now = utcnow()
+    guard = [Job.worker_id == worker_id] if worker_id is not None else []
     with sessions.begin() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -118,7 +154,7 @@ def finish(sessions: sessionmaker[Session], job_id: str, status: str, *, error: 
         values = dict(status=status, error=error, phase=status, finished_at=now, updated_at=now)
         if status == "succeeded":
             values.update(progress=1.0, result=result)
-        done = session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
+        done = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", *guard).values(**values)
                                .execution_options(**NO_SYNC)).rowcount
         if done:
             _sync_run(session, job, status=status, error=error, **(run_fields or {}))
@@ -140,24 +176,37 @@ def cancel(session: Session, job: Job) -> str | None:
     return None
 
 
-def fail_running(sessions: sessionmaker[Session], reason: str, *, worker_id: str | None = None,
-                 heartbeat_before: datetime | None = None) -> list[Job]:
-    """Fail the running jobs of a dead worker, or those whose heartbeat is older than `heartbeat_before`."""
+def lose_running(sessions: sessionmaker[Session], reason: str, *, retries: int, worker_id: str | None = None,
+                 heartbeat_before: datetime | None = None) -> list[tuple[Job, str]]:
+    """The running jobs of a dead worker (or those whose heartbeat is older than `heartbeat_before`) were lost:
+    each is queued again while `attempts <= retries` (its phase says why), cancelled when a cancel was asked for,
+    else failed with `reason`. Returns each job with its new status."""
     query = select(Job).where(Job.status == "running")
     if worker_id is not None:
         query = query.where(Job.worker_id == worker_id)
     if heartbeat_before is not None:
         query = query.where((Job.heartbeat_at < heartbeat_before) | Job.heartbeat_at.is_(None))
-    failed = []
+    lost = []
     with sessions.begin() as session:
         for job in session.scalars(query).all():
             now = utcnow()
-            if session.execute(update(Job).where(Job.id == job.id, Job.status == "running")
-                               .values(status="failed", error=reason, phase="failed", finished_at=now,
-                                       updated_at=now).execution_options(**NO_SYNC)).rowcount:
-                _sync_run(session, job, status="failed", error=reason)
-                failed.append(job)
-    return failed
+            if job.cancel_requested:
+                status, values = "cancelled", dict(phase="cancelled", error="cancelled on request (its worker was "
+                                                                             f"lost meanwhile: {reason})")
+            elif job.attempts <= retries:
+                status, values = "queued", dict(phase=f"queued again after attempt {job.attempts}: {reason}",
+                                                error=None, worker_id=None, heartbeat_at=None, progress=0.0)
+            else:
+                tries = f"{job.attempts} attempts" if job.attempts > 1 else "1 attempt, no retries"
+                status, values = "failed", dict(phase="failed", error=f"{reason} (after {tries})")
+            if status != "queued":
+                values["finished_at"] = now
+            guarded = update(Job).where(Job.id == job.id, Job.status == "running", Job.worker_id == job.worker_id)
+            if session.execute(guarded.values(status=status, updated_at=now, **values)
+                               .execution_options(**NO_SYNC)).rowcount:
+                _sync_run(session, job, status=status, error=values.get("error"))
+                lost.append((job, status))
+    return lost
 
 
 def active_jobs(session: Session, run_id: str) -> list[Job]:

@@ -19,9 +19,17 @@ def hash_token(token: str) -> str:
 
 def create_token(session: Session, name: str, *, scope: str = "write", run_id: str | None = None,
                  expires_at: datetime | None = None) -> tuple[Token, str]:
-    """A new token row and the token itself (which is not stored)."""
+    """A new token row and the token itself (which is not stored). `expires_at` None: it never expires; otherwise
+    it must be an aware time in the future (a token born expired, or one whose zero lifetime would read as 'never',
+    is refused)."""
     if scope not in ("write", "read"):
         raise ValueError(f"scope must be write or read, got {scope!r}")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (UTC)")
+        if expires_at <= utcnow():
+            raise ValueError(f"expires_at must be in the future, got {expires_at.isoformat()}; leave it out for a "
+                             "token that never expires")
     plain = PREFIX + secrets.token_urlsafe(32)
     token = Token(name=name, token_hash=hash_token(plain), scope=scope, run_id=run_id, expires_at=expires_at)
     session.add(token)

@@ -6,8 +6,11 @@ reused; helpers live in servicekit.py.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
-from servicekit import BIG, Roots, write_jsonl
+from servicekit import BIG, Roots, fresh_postgres, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,21 @@ def roots(tiny_model_path, safety_pairs, utility_pairs, tmp_path_factory) -> Roo
     write_jsonl(data / "harmful.jsonl", [(p.prompt, "") for p in safety_pairs[:3]])
     write_jsonl(data / "benign.jsonl", [(p.prompt, "") for p in utility_pairs[:3]])
     return Roots(model.parent, data)
+
+
+POSTGRES_URL = os.environ.get("SSAH_TEST_POSTGRES_URL", "")
+NO_POSTGRES = ("no PostgreSQL to test against: set SSAH_TEST_POSTGRES_URL (e.g. postgresql+psycopg://USER@HOST/DB; "
+               ".ci/run starts one and sets it)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """The service's database, once on a SQLite file and once on a fresh PostgreSQL database (a reported skip when
+    SSAH_TEST_POSTGRES_URL is not set)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ssah.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    with fresh_postgres(POSTGRES_URL) as url:
+        yield url

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from servicekit import API, run_body, settings_in
+
+from backend.store import queue
+from backend.store.db import make_engine, session_factory
 
 pytestmark = pytest.mark.slow  # a real uvicorn server under load
 
@@ -57,3 +62,24 @@ def test_fifty_concurrent_clients_all_get_answers(served):
     assert queued["count"] == sum(s.status == 202 for s in previews)  # every 202 is a job, every 429 is not
     units = http.get(f"/runs/{run['id']}/units").json()
     assert len(units) == sum(run["manifest"]["roles"].values())
+
+
+def test_the_queue_limit_holds_under_concurrent_submits(roots, tmp_path, database_url):
+    """96 jobs waiting under a limit of 100, then 20 submits at once: exactly 4 get in, the rest get a 429."""
+    settings = settings_in(tmp_path, roots, runner="none", database_url=database_url, max_queued_jobs=100)
+    sessions = session_factory(make_engine(database_url))
+    with sessions.begin() as session:
+        for i in range(96):
+            queue.enqueue_job(session, "preview", None, {"n": i})
+    start = threading.Barrier(20)
+
+    def submit(seed: int) -> int:
+        with httpx.Client(base_url=base + API, timeout=120) as http:
+            start.wait()
+            return http.post("/runs", json=run_body(roots, seed=seed)).status_code
+
+    with bench.serve(settings) as base, ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(submit, range(20)))
+    assert sorted(codes) == [202] * 4 + [429] * 16, codes
+    with sessions() as session:
+        assert queue.queued_count(session) == 100

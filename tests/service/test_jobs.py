@@ -78,3 +78,21 @@ def test_a_sweep_is_one_job_whose_points_share_the_unpruned_replies(roots, tmp_p
     assert probe["baseline"]["harmful"]["n"] == 2 and 0 <= probe["pruned"]["benign"]["mean"] <= 1
     bad = client.post(f"{API}/runs/{accepted['id']}/sweeps", json={**body, "fractions": [0.0]})
     assert bad.status_code == 422
+
+
+def test_running_out_of_gpu_memory_says_how_much_was_asked_and_what_to_change():
+    import torch
+
+    from backend.jobs.tasks import describe_error
+
+    error = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 3.50 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.25 GiB "
+        "is free. Including non-PyTorch memory, this process has 77.93 GiB memory in use.")
+    text = describe_error(error, batch_size=32, dtype="float32")
+    assert text.startswith("out of GPU memory")
+    assert "3.50 GiB" in text and "79.19 GiB" in text and "1.25 GiB" in text
+    assert "batch_size" in text and "32" in text and "bfloat16" in text
+    assert "SSAH_DTYPE" not in describe_error(error, batch_size=1, dtype="bfloat16")  # already the smaller one
+    other = describe_error(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), batch_size=4)
+    assert "20.00 MiB" in other and "batch_size" in other
+    assert describe_error(ValueError("nope")) == "ValueError: nope"

@@ -1,5 +1,5 @@
 """The Ray runner on a local Ray (CPU only, 2 CPUs, no dashboard): a job end to end, a cancel, and an actor
-killed in the middle of a job."""
+killed in the middle of a job (retried on a new actor, then failed when that one is killed too)."""
 from __future__ import annotations
 
 import pytest
@@ -54,7 +54,7 @@ def test_a_job_runs_end_to_end_on_a_ray_actor_and_can_be_cancelled(service, root
     assert not (settings.runs_dir / slow["id"]).exists()
 
 
-def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_takes_the_next(service, roots):
+def test_an_actor_killed_mid_job_has_its_job_retried_on_a_new_actor_then_failed_with_ray_s_reason(service, roots):
     client, settings = service
     runner = client.app.state.runner
     slow = client.post(f"{API}/runs", json=run_body(roots, seed=3)).json()
@@ -62,9 +62,17 @@ def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_ta
     (before,) = runner.health()["workers"]
     ray.kill(ray.get_actor(before["actor"], namespace=before["namespace"]))
 
-    failed = wait(client, f"{API}/runs/{slow['id']}", timeout=30)
+    again = wait(client, f"{API}/jobs/{slow['job_id']}", timeout=300,  # a new actor starts and takes it again
+                 check=lambda b: b["attempts"] == 2 and b["phase"].startswith("paused at"))
+    assert again["status"] == "running"
+    (second,) = runner.health()["workers"]
+    assert second["worker_id"] != before["worker_id"]
+    ray.kill(ray.get_actor(second["actor"], namespace=second["namespace"]))
+
+    failed = wait(client, f"{API}/runs/{slow['id']}", timeout=60)  # SSAH_MAX_RETRIES 1: spent
     assert failed["status"] == "failed"
     assert "Ray worker actor" in failed["error"] and "killed by `ray.kill`" in failed["error"], failed["error"]
+    assert "after 2 attempts" in failed["error"]
     assert client.get(f"{API}/jobs/{slow['job_id']}").json()["error"] == failed["error"]
     assert not [p for p in settings.runs_dir.iterdir() if p.name.startswith(".")]  # no half-written folder
 
@@ -73,7 +81,7 @@ def test_an_actor_killed_mid_job_fails_that_job_with_a_reason_and_a_new_actor_ta
     done = wait(client, f"{API}/runs/{nxt['id']}", timeout=300)  # a new actor starts first
     assert done["status"] == "succeeded", done["error"]
     (after,) = runner.health()["workers"]
-    assert after["alive"] and after["restarts"] == 1 and after["worker_id"] != before["worker_id"]
+    assert after["alive"] and after["restarts"] == 2 and after["worker_id"] != second["worker_id"]
 
 
 def test_death_reasons_are_ray_s_last_line():

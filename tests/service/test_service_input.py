@@ -1,8 +1,9 @@
 """Bad input: every bad field is a 4xx that names it, never a 500 (no worker needed: nothing has to run)."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
-from servicekit import API, bad_fields, run_body, serve, settings_in
+from servicekit import API, bad_fields, run_body, serve, settings_in, write_jsonl
 
 
 @pytest.fixture()
@@ -100,3 +101,96 @@ def test_a_full_queue_answers_429_with_retry_after(client, roots):
     first = client.get(f"{API}/runs", params={"status": "queued"}).json()["data"][-1]
     assert client.delete(f"{API}/runs/{first['id']}").json()["status"] == "cancelled"  # a cancel makes room
     assert post_run(client, roots, seed=3).status_code == 202
+
+
+def msg(response) -> str:
+    return " ".join(d["msg"] for d in response.json()["detail"])
+
+
+def test_data_files_are_read_at_submit_columns_and_token_lengths(client, roots):
+    long_rows = [("a short request", "a short reply"), ("word " * 300, "a reply")]
+    write_jsonl(roots.data / "long-row.jsonl", long_rows)
+    too_long = post_run(client, roots, safety="long-row.jsonl", max_length=64)
+    assert bad_fields(too_long) == ["body.safety"], too_long.text
+    assert "row 2" in msg(too_long) and "over the limit of 64" in msg(too_long)
+    over_context = post_run(client, roots, utility="long-row.jsonl")  # no max_length: the model's context (256)
+    assert bad_fields(over_context) == ["body.utility"] and "row 2" in msg(over_context)
+    assert post_run(client, roots, safety="long-row.jsonl", utility="long-row.jsonl", samples=1, seed=0,
+                    max_length=64).status_code in (202, 422)  # a sample may miss the long row; never a 500
+
+    (roots.data / "columns.csv").write_text("question,answer\nhow?,like this\n")
+    (roots.data / "columns.jsonl").write_text('{"prompt": "how?", "answer": "like this"}\n')
+    pd.DataFrame({"prompt": ["how?"], "reply": ["like this"]}).to_parquet(roots.data / "columns.parquet")
+    for name in ("columns.csv", "columns.jsonl", "columns.parquet"):
+        missing = post_run(client, roots, safety=name)
+        assert bad_fields(missing) == ["body.safety"], name
+        assert "response" in msg(missing), msg(missing)
+
+
+def test_model_files_are_read_at_submit_gguf_and_safetensors_headers(client, roots, tiny_model_path):
+    import shutil
+
+    from tiny import write_gguf
+
+    good = write_gguf(tiny_model_path("llama-gqa"), roots.models / "tiny-submit.gguf")
+    assert post_run(client, roots, model=good.name).status_code == 202
+    (roots.models / "garbage.gguf").write_bytes(b"not a model at all" * 10)
+    truncated = roots.models / "truncated.gguf"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for name in ("garbage.gguf", "truncated.gguf"):
+        bad = post_run(client, roots, model=name)
+        assert bad_fields(bad) == ["body.model"], name
+        assert "GGUF" in msg(bad), msg(bad)
+
+    folder = roots.models / "cut-weights"
+    shutil.copytree(roots.models / roots.model, folder, dirs_exist_ok=True)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    cut = post_run(client, roots, model="cut-weights")
+    assert bad_fields(cut) == ["body.model"] and "model.safetensors" in msg(cut), msg(cut)
+    weights.write_bytes(b"\xff" * 8 + b"{}")
+    assert bad_fields(post_run(client, roots, model="cut-weights")) == ["body.model"]
+
+
+@pytest.mark.parametrize("field, value", [("samples", True), ("samples", "8"), ("batch_size", 4.0),
+                                          ("seed", False), ("max_length", "64"), ("self_max_new_tokens", 8.0),
+                                          ("thresholds", {"h_ru": "0.1"}), ("thresholds", {"h_scu": True})])
+def test_wrong_types_are_refused_not_coerced(client, roots, field, value):
+    answer = post_run(client, roots, **{field: value})
+    assert bad_fields(answer)[0].startswith(f"body.{field}"), answer.text
+
+
+def test_right_types_still_pass_json_integers_included_for_floats(client, roots):
+    assert post_run(client, roots, samples=12, thresholds={"h_ru": 0, "h_scu": 0.02, "h_ucu": 0}).status_code == 202
+
+
+def test_any_method_under_the_api_answers_json_even_with_the_dashboard_mounted(roots, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+
+    async def page(scope, receive, send):  # stands where the dashboard is mounted: HTML for every path and method
+        await send({"type": "http.response.start", "status": 405, "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.body", "body": b"<!DOCTYPE html><html>405</html>"})
+
+    with TestClient(create_app(settings_in(tmp_path, roots, runner="none"), mounts={"/": page})) as client:
+        for method in ("TRACE", "CONNECT", "PROPFIND", "PUT"):
+            answer = client.request(method, f"{API}/runs")
+            assert answer.status_code == 405 and answer.headers["content-type"] == "application/json", method
+            assert set(answer.headers["allow"].split(", ")) == {"GET", "POST"} and answer.json()["detail"]
+        answer = client.request("TRACE", f"{API}/no-such-thing")
+        assert answer.status_code == 404 and "no API route" in answer.json()["detail"]
+        assert client.request("TRACE", "/runs/abc").headers["content-type"] == "text/html"  # the dashboard's own
+
+
+def test_the_openapi_document_declares_the_errors_each_operation_returns(client):
+    operations = client.get("/openapi.json").json()["paths"]
+    codes = {(path.removeprefix(API), method): set(op["responses"]) for path, ops in operations.items()
+             for method, op in ops.items()}
+    assert {"202", "400", "401", "403", "413", "422", "429"} <= codes[("/runs", "post")]
+    assert {"200", "202", "404"} <= codes[("/runs/{run_id}", "delete")]
+    assert {"404", "409", "422"} <= codes[("/runs/{run_id}/units", "get")]
+    assert {"202", "404", "409", "429"} <= codes[("/runs/{run_id}/previews", "post")]
+    assert {"202", "404", "409"} <= codes[("/jobs/{job_id}", "delete")]
+    assert {"404"} <= codes[("/shares/{share_id}", "delete")] and "401" not in codes[("/health", "get")]
+    assert all("401" in c for (path, _), c in codes.items() if path != "/health")

@@ -8,12 +8,12 @@ from fastapi import APIRouter
 from backend.store.queue import queued_count
 
 from ..deps import CallerDep, RunnerDep, SessionDep, SettingsDep
-from ..schemas import DatasetInfo, ModelInfo
+from ..schemas import DatasetInfo, ModelInfo, errors
 
 router = APIRouter(tags=["catalog"])
 
 
-@router.get("/models", response_model=list[ModelInfo])
+@router.get("/models", response_model=list[ModelInfo], responses=errors())
 def list_models(_: CallerDep, settings: SettingsDep) -> list[ModelInfo]:
     """Built-in models, then the model folders directly inside the model roots (names usable as `model`)."""
     from backend.engine.models import list_builtin
@@ -34,7 +34,7 @@ def _datasets() -> tuple[DatasetInfo, ...]:
                  for d in list_datasets())
 
 
-@router.get("/datasets", response_model=list[DatasetInfo])
+@router.get("/datasets", response_model=list[DatasetInfo], responses=errors())
 def list_datasets(_: CallerDep) -> list[DatasetInfo]:
     """Built-in calibration and evaluation sets; `kind` says what each is for (calibration-safety,
     calibration-utility, harmful, benign, utility)."""

@@ -9,12 +9,12 @@ from backend.store.tables import Run
 from ..actions import finished_units
 from ..checks import bad_field
 from ..deps import CallerDep, FoldersDep, SessionDep, UnitsDep
-from ..schemas import CompareOut
+from ..schemas import CompareOut, errors
 
 router = APIRouter(tags=["runs"])
 
 
-@router.get("/compare", response_model=CompareOut)
+@router.get("/compare", response_model=CompareOut, responses=errors(403, 404, 409))
 def compare_runs(session: SessionDep, caller: CallerDep, folders: FoldersDep, units: UnitsDep,
                  a: str = Query(min_length=1, max_length=64),
                  b: str = Query(min_length=1, max_length=64)) -> CompareOut:

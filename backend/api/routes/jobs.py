@@ -15,7 +15,7 @@ from backend.store.tables import TERMINAL, Job
 
 from ..actions import stop_job
 from ..deps import CallerDep, JobDep, RunnerDep, SessionDep, WriterDep
-from ..schemas import Deleted, JobList, JobOut, Status
+from ..schemas import Deleted, JobList, JobOut, Status, errors
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -37,7 +37,7 @@ def _public(request: dict) -> dict:
     return out
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=errors(403))
 def list_jobs(session: SessionDep, caller: CallerDep, run_id: str | None = None,
               kind: Literal["attribution", "preview", "sweep", "estimate", "finetune", "align", "inspect"] | None = None,
               status_: Status | None = Query(None, alias="status"),
@@ -55,12 +55,14 @@ def list_jobs(session: SessionDep, caller: CallerDep, run_id: str | None = None,
     return JobList(data=[job_out(j).model_copy(update={"result": None}) for j in jobs], count=count or 0)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=errors(403, 404))
 def read_job(job: JobDep) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", response_model=Deleted)
+@router.delete("/{job_id}", response_model=Deleted, responses={
+    202: {"model": Deleted, "description": "the job is running: its worker was asked to stop (status cancelling)"},
+    **errors(403, 404, 409)})
 def cancel_job(job: JobDep, _: WriterDep, session: SessionDep, runner: RunnerDep, response: Response) -> Deleted:
     """Cancel a queued job at once, or ask its worker to stop a running one (202; watch it end as cancelled)."""
     now = stop_job(session, runner, job, response)
@@ -80,7 +82,8 @@ def _state(sessions, job_id: str) -> dict | None:
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`progress` events while the job changes, one `end` event when it ends"}})
+                             "description": "`progress` events while the job changes, one `end` event when it ends"},
+                       **errors(403, 404)})
 async def job_events(job: JobDep, request: Request) -> StreamingResponse:
     """Server-sent events: `progress` with {id, status, progress, phase, error} on every change, then `end`."""
     sessions = request.app.state.sessions

@@ -4,16 +4,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from backend.store import queue
-from backend.store.folders import units_text
 from backend.store.tables import ACTIVE, Job, Run, new_id
 
 from .. import checks
-from ..actions import check_room, finished_units, fraction, lineage, queue_job, stop_job, thresholds_of
+from ..actions import (
+    check_room,
+    finished_units,
+    fraction,
+    lineage,
+    queue_job,
+    stop_job,
+    thresholds_of,
+    units_response,
+)
 from ..deps import CallerDep, FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
 from ..schemas import (
     Accepted,
@@ -29,6 +37,7 @@ from ..schemas import (
     RunPatch,
     Status,
     SweepCreate,
+    errors,
 )
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -47,7 +56,7 @@ def run_out(run: Run, job: Job | None, *, manifest: bool = True) -> RunOut:
 
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=errors(400, 403, 413, 429))
 def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: SettingsDep, runner: RunnerDep,
                folders: FoldersDep) -> Accepted:
     """Queue an attribution; the same model, data and settings as a finished run are answered from the cache
@@ -75,7 +84,7 @@ def create_run(body: RunCreate, _: WriterDep, session: SessionDep, settings: Set
     return Accepted(id=run.id, status=run.status, job_id=job.id)
 
 
-@router.get("", response_model=RunList)
+@router.get("", response_model=RunList, responses=errors())
 def list_runs(session: SessionDep, caller: CallerDep, limit: int = Query(100, ge=1, le=1000),
               offset: int = Query(0, ge=0, le=2**31 - 1), status_: Status | None = Query(None, alias="status"),
               q: str | None = Query(None, max_length=200, description="part of the name, model or id"),
@@ -99,12 +108,12 @@ def list_runs(session: SessionDep, caller: CallerDep, limit: int = Query(100, ge
     return RunList(data=[run_out(r, jobs.get(r.id), manifest=False) for r in runs], count=count or 0)
 
 
-@router.get("/{run_id}", response_model=RunOut)
+@router.get("/{run_id}", response_model=RunOut, responses=errors(403, 404))
 def read_run(run: RunDep, session: SessionDep) -> RunOut:
     return run_out(run, queue.attribution_job(session, run.id))
 
 
-@router.patch("/{run_id}", response_model=RunOut)
+@router.patch("/{run_id}", response_model=RunOut, responses=errors(403, 404))
 def update_run(run: RunDep, body: RunPatch, _: WriterDep, session: SessionDep) -> RunOut:
     """Set a run's name, tags or notes (fields left out stay as they are; null clears one)."""
     for field in body.model_fields_set:
@@ -115,7 +124,9 @@ def update_run(run: RunDep, body: RunPatch, _: WriterDep, session: SessionDep) -
     return run_out(run, queue.attribution_job(session, run.id))
 
 
-@router.delete("/{run_id}", response_model=Deleted)
+@router.delete("/{run_id}", response_model=Deleted, responses={
+    202: {"model": Deleted, "description": "the run is running: its worker was asked to stop (status cancelling)"},
+    **errors(403, 404)})
 def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep, folders: FoldersDep,
                units: UnitsDep, response: Response) -> Deleted:
     """Cancel a queued or running run; delete a finished one with its folder, previews and fine-tune records."""
@@ -137,28 +148,19 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
     return Deleted(id=run.id, status="deleted")
 
 
-@router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
-def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
-               format: Literal["json", "csv", "parquet"] = "json") -> Response:
+@router.get("/{run_id}/units", responses={
+    200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}, "application/vnd.apache.arrow.stream": {}},
+          "description": "the units; csv, json and arrow gzipped (Content-Encoding) when the client accepts it"},
+    **errors(403, 404, 409)})
+def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep, request: Request,
+               format: Literal["json", "csv", "parquet", "arrow"] = "json") -> Response:
     """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
-    Parquet is the run folder's own file; csv and json hold the same rows (json as a list of records)."""
-    table = finished_units(run, folders, units).table
-    folder = folders.folder(run.result_dir)
-    if format == "parquet":
-        return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
-                            media_type="application/vnd.apache.parquet")
-    media = {"csv": "text/csv", "json": "application/json"}[format]
-    name = {"csv": f"units-{run.id}.csv", "json": None}[format]  # json is shown inline, csv downloaded
-    encoded = folders.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
-    if encoded is not None:
-        return FileResponse(encoded, media_type=media, filename=name)
-    body = units_text(table, format)
-    headers = {"Content-Disposition": f'attachment; filename="{name}"'} if name else None
-    return Response(body, media_type=media, headers=headers)
+    Parquet is the run folder's own file; csv, json (a list of records) and arrow (an Arrow IPC stream) hold the
+    same rows."""
+    return units_response(run, folders, units, format, request.headers.get("accept-encoding", ""))
 
 
-
-@router.get("/{run_id}/roles", response_model=RolesOut)
+@router.get("/{run_id}/roles", response_model=RolesOut, responses=errors(403, 404, 409))
 def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | None = fraction(),
                h_scu: float | None = fraction(), h_ucu: float | None = fraction()) -> RolesOut:
     """Roles recomputed from the stored z-scores at other thresholds (default: the run's own), with counts and
@@ -168,7 +170,7 @@ def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | 
     return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
 
 
-@router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}, **errors(403, 404, 409)})
 def read_masks(run: RunDep, folders: FoldersDep, units: UnitsDep,
                groups: str = Query(min_length=1, max_length=200, description="e.g. SCU,CU:0.06 or RU or SCU,random"),
                mode: Literal["freeze", "train_only"] = "freeze", seed: int = Query(0, ge=0, le=2**32 - 1),
@@ -213,7 +215,8 @@ def read_masks(run: RunDep, folders: FoldersDep, units: UnitsDep,
 
 
 
-@router.post("/{run_id}/previews", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/previews", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_preview(run: RunDep, body: PreviewCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                    runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a preview: the run's model answers harmful and benign prompts as it is and with a unit group pruned;
@@ -222,7 +225,8 @@ def create_preview(run: RunDep, body: PreviewCreate, _: WriterDep, session: Sess
     return queue_job(session, settings, runner, "preview", run, request)
 
 
-@router.post("/{run_id}/sweeps", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/sweeps", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_sweep(run: RunDep, body: SweepCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                  runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a sweep: one role group pruned at growing fractions in one job that loads the model once and
@@ -231,7 +235,8 @@ def create_sweep(run: RunDep, body: SweepCreate, _: WriterDep, session: SessionD
     return queue_job(session, settings, runner, "sweep", run, request)
 
 
-@router.post("/{run_id}/estimates", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/estimates", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_estimate(run: RunDep, body: EstimateCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                     runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue the instant estimate of a preview: the first-token refusal probe on the same prompts, as the model is
@@ -240,7 +245,8 @@ def create_estimate(run: RunDep, body: EstimateCreate, _: WriterDep, session: Se
     return queue_job(session, settings, runner, "estimate", run, request)
 
 
-@router.post("/{run_id}/finetunes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/finetunes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_finetune(run: RunDep, body: FinetuneCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                     runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a fine-tune of the run's model with units frozen (or only some trained); the model folder lands in
@@ -249,7 +255,8 @@ def create_finetune(run: RunDep, body: FinetuneCreate, _: WriterDep, session: Se
     return queue_job(session, settings, runner, "finetune", run, request)
 
 
-@router.post("/{run_id}/alignments", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{run_id}/alignments", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=errors(400, 403, 404, 409, 413, 429))
 def create_alignment(run: RunDep, body: AlignCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
                      runner: RunnerDep, folders: FoldersDep, units: UnitsDep) -> Accepted:
     """Queue a safety alignment of the run's (unaligned) model: `ssah align` as a job. In budget mode only the

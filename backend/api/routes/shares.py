@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import update
 
 from backend.store.tables import Run, Share, Token, utcnow
@@ -12,26 +12,44 @@ from backend.store.tokens import create_token
 
 from ..checks import bad_field, check_at_most
 from ..deps import SessionDep, SettingsDep, WriterDep
-from ..schemas import Deleted, ShareCreate, ShareOut
+from ..schemas import Deleted, ShareCreate, ShareOut, errors
 
 router = APIRouter(prefix="/shares", tags=["shares"])
 
 
+DECODE_ROUNDS = 4
+
+
+def decoded_path(path: str) -> str | None:
+    """`path` percent-decoded until nothing changes (a browser or a proxy may decode it again); None when it is
+    still encoded after a few rounds."""
+    for _ in range(DECODE_ROUNDS):
+        decoded = unquote(path)
+        if decoded == path:
+            return path
+        path = decoded
+    return None
+
+
 def check_view(view: str, run_id: str) -> str:
-    """A dashboard path (and query) of this run: relative, under /runs/{run_id}."""
+    """A dashboard path (and query) of this run: relative, under /runs/{run_id}, judged after decoding, with no
+    '.' or '..' segment and no backslash."""
     parts = urlsplit(view)
     if parts.scheme or parts.netloc or not view.startswith("/") or view.startswith("//"):
         raise bad_field(("body", "view"), "view must be a path of the dashboard such as /runs/ID?h_scu=0.02")
-    if parts.path.rstrip("/") != f"/runs/{run_id}" and not parts.path.startswith(f"/runs/{run_id}/"):
+    path = decoded_path(parts.path)
+    if path is None or "\\" in path or any(ord(c) < 32 for c in path):
+        raise bad_field(("body", "view"), "view must be a plain path (no backslashes, control or multiply "
+                                          "encoded characters)")
+    if {".", ".."} & set(path.split("/")):
+        raise bad_field(("body", "view"), "view must not contain '.' or '..' segments (encoded or not)")
+    if path.rstrip("/") != f"/runs/{run_id}" and not path.startswith(f"/runs/{run_id}/"):
         raise bad_field(("body", "view"), f"view must be a view of the shared run: /runs/{run_id} or below it")
-    if ".." in parts.path.split("/"):
-        raise bad_field(("body", "view"), "view must not contain '..'")
     return view
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ShareOut)
-def create_share(body: ShareCreate, _: WriterDep, session: SessionDep, settings: SettingsDep,
-                 request: Request) -> ShareOut:
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ShareOut, responses=errors(400, 403, 404, 413))
+def create_share(body: ShareCreate, _: WriterDep, session: SessionDep, settings: SettingsDep) -> ShareOut:
     """A link to a run's view for a teammate: its token reads that run (and its units, roles and jobs) only,
     cannot write, and stops working at `expires_at`."""
     check_at_most(body.expires_in_hours, settings.max_share_hours, ("body", "expires_in_hours"), "max_share_hours")
@@ -45,12 +63,11 @@ def create_share(body: ShareCreate, _: WriterDep, session: SessionDep, settings:
     share = Share(run_id=run.id, view=view, token_id=token.id, expires_at=expires_at)
     session.add(share)
     session.commit()
-    base = (settings.public_url or str(request.base_url)).rstrip("/")
-    url = f"{base}{view}{'&' if '?' in view else '?'}{urlencode({'token': plain})}"
+    url = f"{settings.base_url}{view}{'&' if '?' in view else '?'}{urlencode({'token': plain})}"
     return ShareOut(id=share.id, run_id=run.id, view=view, url=url, token=plain, expires_at=expires_at)
 
 
-@router.delete("/{share_id}", response_model=Deleted)
+@router.delete("/{share_id}", response_model=Deleted, responses=errors(403, 404))
 def revoke_share(share_id: str, _: WriterDep, session: SessionDep) -> Deleted:
     """Stop a share link from working now."""
     share = session.get(Share, share_id)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..deps import CallerDep
-from ..schemas import CallerOut
+from ..schemas import CallerOut, errors
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 
-@router.get("/me", response_model=CallerOut)
+@router.get("/me", response_model=CallerOut, responses=errors())
 def who_am_i(caller: CallerDep) -> CallerOut:
     """The caller's token: scope (read or write), the run a share token is pinned to, and when it expires."""
     token = caller.token

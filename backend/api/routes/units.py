@@ -13,7 +13,7 @@ from backend.store.tables import ACTIVE, Job
 
 from ..actions import finished_units, fraction, queue_job, thresholds_of
 from ..deps import FoldersDep, RunDep, RunnerDep, SessionDep, SettingsDep, UnitsDep, WriterDep
-from ..schemas import Accepted, InspectionState, LayerOut, Module, UnitOut
+from ..schemas import Accepted, InspectionState, LayerOut, Module, UnitOut, errors
 
 router = APIRouter(prefix="/runs", tags=["units"])
 T = TypeVar("T")
@@ -43,7 +43,7 @@ def _state(job: Job | None) -> InspectionState | None:
     return InspectionState(job_id=job.id, status=job.status, progress=job.progress, phase=job.phase, error=job.error)
 
 
-@router.get("/{run_id}/units/{module}/{layer}/{unit}", response_model=UnitOut)
+@router.get("/{run_id}/units/{module}/{layer}/{unit}", response_model=UnitOut, responses=errors(403, 404, 409))
 def read_unit(run: RunDep, module: Module, session: SessionDep, folders: FoldersDep, units: UnitsDep,
               layer: int = index_param("layer"), unit: int = index_param("MLP channel or attention head"),
               h_ru: float | None = fraction(), h_scu: float | None = fraction(),
@@ -72,7 +72,7 @@ def read_unit(run: RunDep, module: Module, session: SessionDep, folders: Folders
 
 
 @router.post("/{run_id}/units/{module}/{layer}/{unit}/inspections", status_code=status.HTTP_202_ACCEPTED,
-             response_model=Accepted)
+             response_model=Accepted, responses=errors(400, 403, 404, 409, 413, 429))
 def create_inspection(run: RunDep, module: Module, _: WriterDep, session: SessionDep, settings: SettingsDep,
                       runner: RunnerDep, folders: FoldersDep, units: UnitsDep, layer: int = index_param("layer"),
                       unit: int = index_param("MLP channel or attention head")) -> Accepted:
@@ -90,7 +90,7 @@ def create_inspection(run: RunDep, module: Module, _: WriterDep, session: Sessio
     return queue_job(session, settings, runner, "inspect", run, request)
 
 
-@router.get("/{run_id}/layers/{layer}", response_model=LayerOut)
+@router.get("/{run_id}/layers/{layer}", response_model=LayerOut, responses=errors(403, 404, 409))
 def read_layer(run: RunDep, folders: FoldersDep, units: UnitsDep, layer: int = index_param("layer"),
                h_ru: float | None = fraction(), h_scu: float | None = fraction(),
                h_ucu: float | None = fraction()) -> LayerOut:
