@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from sqlalchemy import func, select
 
 from backend.store import queue
-from backend.store.folders import units_text
+from backend.store.folders import units_parquet, units_text
 from backend.store.tables import ACTIVE, Job, Run, new_id
 
 from .. import checks
@@ -33,6 +33,7 @@ from ..schemas import (
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 INTERNAL_SETTINGS = ("model_hash", "paths")  # what the worker needs, not what the user asked
+THRESHOLDS_HEADER = "X-SSAH-Thresholds"  # the thresholds a units export holds its roles at
 
 
 def run_out(run: Run, job: Job | None, *, manifest: bool = True) -> RunOut:
@@ -137,31 +138,49 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
     return Deleted(id=run.id, status="deleted")
 
 
-@router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
-def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
-               format: Literal["json", "csv", "parquet"] = "json") -> Response:
-    """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
-    Parquet is the run folder's own file; csv and json hold the same rows (json as a list of records)."""
-    table = finished_units(run, folders, units).table
-    folder = folders.folder(run.result_dir)
-    if format == "parquet":
-        return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
-                            media_type="application/vnd.apache.parquet")
-    media = {"csv": "text/csv", "json": "application/json"}[format]
-    name = {"csv": f"units-{run.id}.csv", "json": None}[format]  # json is shown inline, csv downloaded
-    encoded = folders.encoded(run.result_dir, format, table)  # encoded on the first request, then served as a file
-    if encoded is not None:
-        return FileResponse(encoded, media_type=media, filename=name)
-    body = units_text(table, format)
-    headers = {"Content-Disposition": f'attachment; filename="{name}"'} if name else None
-    return Response(body, media_type=media, headers=headers)
-
-
-
 def fraction():
     """A threshold in the query (each parameter needs its own Query: FastAPI names a shared one after its first
     use)."""
     return Query(None, ge=0, le=1)
+
+
+@router.get("/{run_id}/units", responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep,
+               format: Literal["json", "csv", "parquet"] = "json", h_ru: float | None = fraction(),
+               h_scu: float | None = fraction(), h_ucu: float | None = fraction()) -> Response:
+    """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role, with
+    roles at the thresholds asked for (default: the run's own). The thresholds are in the `X-SSAH-Thresholds` header
+    (and, at other thresholds than the run's, in the file name and in the Parquet key-value metadata `ssah`, a JSON
+    object with `thresholds`).
+    At the run's own thresholds Parquet is the run folder's own file and csv and json are encoded once and kept;
+    json is a list of records."""
+    indexed = finished_units(run, folders, units)
+    thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
+    asked = thresholds.as_dict()
+    headers = {THRESHOLDS_HEADER: ",".join(f"{k}={v:g}" for k, v in asked.items())}
+    media = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}[format]
+    if asked == thresholds_of(run, None, None, None).as_dict():
+        folder = folders.folder(run.result_dir)
+        name = {"csv": f"units-{run.id}.csv", "json": None, "parquet": f"units-{run.id}.parquet"}[format]
+        if format == "parquet":
+            return FileResponse(folder / "units.parquet", filename=name, media_type=media, headers=headers)
+        encoded = folders.encoded(run.result_dir, format, indexed.table)  # encoded once, then served as a file
+        if encoded is not None:
+            return FileResponse(encoded, media_type=media, filename=name, headers=headers)
+        table = indexed.table
+    else:
+        table = indexed.table.copy()
+        table["role"] = indexed.roles.roles(thresholds)
+        name = f"units-{run.id}-" + "-".join(f"{k}{v:g}" for k, v in asked.items()) + f".{format}"
+        if format == "json":
+            name = None
+    if format == "parquet":
+        body = units_parquet(table, {"thresholds": asked, "run": run.id})
+    else:
+        body = units_text(table, format)
+    if name:  # json is shown inline, the others downloaded
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return Response(body, media_type=media, headers=headers)
 
 
 @router.get("/{run_id}/roles", response_model=RolesOut)
@@ -172,6 +191,34 @@ def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | 
     indexed = finished_units(run, folders, units)
     thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
     return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
+
+
+@router.get("/{run_id}/report", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}}, "description": "one self-contained HTML file"}})
+def read_report(run: RunDep, session: SessionDep, folders: FoldersDep, units: UnitsDep,
+                h_ru: float | None = fraction(), h_scu: float | None = fraction(),
+                h_ucu: float | None = fraction()) -> HTMLResponse:
+    """The run as one self-contained HTML file for teammates without access to this server (as `ssah report`
+    writes it): settings, role table, per-layer bars and the role map (inline SVG), the top SCU with their promoted
+    tokens where inspected, and the run's newest previews with replies and verdicts. It opens offline and fetches
+    nothing. Roles at the thresholds given (default: the run's own)."""
+    from backend.report import PREVIEWS, read_inspections, report_html
+
+    table = finished_units(run, folders, units).table
+    thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
+    jobs = session.scalars(select(Job).where(Job.run_id == run.id, Job.kind == "preview", Job.status == "succeeded")
+                           .order_by(Job.created_at.desc()).limit(PREVIEWS)).all()
+    previews = [{**job.result, "request": job.request, "created_at": job.created_at.isoformat()}
+                for job in jobs if job.result]
+    described = run_out(run, None).model_dump(mode="json")
+    parent = session.get(Run, run.parent_run) if run.parent_run else None
+    if parent is not None:
+        described["parent_name"] = parent.name
+    page = report_html(described, table, thresholds, previews=previews,
+                       inspections=read_inspections(folders.folder(run.result_dir)),
+                       made_by="the ssah-dashboard API")
+    filename = f"ssah-report-{run.id}.html"
+    return HTMLResponse(page, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}})
