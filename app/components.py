@@ -137,3 +137,4 @@ def number(value, default=None, kind=float):
         return kind(value)
     except (TypeError, ValueError):
         return default
+
