@@ -107,13 +107,22 @@ class Api:
     def delete(self, path: str) -> Any:
         return self._json(self._request("DELETE", path), path)
 
+    def patch(self, path: str, body: dict) -> Any:
+        return self._json(self._request("PATCH", path, json=body), path)
+
     # -- the contract -----------------------------------------------------------------------------------------
 
-    def runs(self, status: str | None = None, limit: int = 200) -> list[dict]:
-        return self.get("/runs", status=status, limit=limit)["data"]
+    def runs(self, status: str | None = None, limit: int = 200, q: str | None = None,
+             tag: str | None = None) -> list[dict]:
+        """Runs, newest first; `q` matches part of a name, model or id, `tag` one of the tags."""
+        return self.get("/runs", status=status, limit=limit, q=q or None, tag=tag or None)["data"]
 
     def run(self, run_id: str) -> dict:
         return self.get(f"/runs/{run_id}")
+
+    def update_run(self, run_id: str, changes: dict) -> dict:
+        """Set a run's name, tags or notes (PATCH: the fields given change, null clears one)."""
+        return self.patch(f"/runs/{run_id}", changes)
 
     def create_run(self, body: dict) -> dict:
         return self.post("/runs", body)
@@ -146,6 +155,12 @@ class Api:
 
     def create_preview(self, run_id: str, body: dict) -> dict:
         return self.post(f"/runs/{run_id}/previews", body)
+
+    def create_sweep(self, run_id: str, body: dict) -> dict:
+        return self.post(f"/runs/{run_id}/sweeps", body)
+
+    def create_estimate(self, run_id: str, body: dict) -> dict:
+        return self.post(f"/runs/{run_id}/estimates", body)
 
     def create_finetune(self, run_id: str, body: dict) -> dict:
         return self.post(f"/runs/{run_id}/finetunes", body)

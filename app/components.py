@@ -155,3 +155,4 @@ def number(value, default=None, kind=float):
         return kind(value)
     except (TypeError, ValueError):
         return default
+

@@ -16,12 +16,15 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from backend.constants import ROLE_NAMES, ROLES  # noqa: F401  (the pages take them from here)
-
-ROLE_COLORS = {"SCU": "#7B3294", "UCU": "#FFB000", "CU": "#BFE3F2", "RU": "#E8DFB0"}
-OUTCOME_COLORS = {"right": "#009E73", "wrong": "#D55E00", "broken": "#6b6b6b"}  # as static/ssah.css .outcome-*
-CONDITION_COLORS = {"baseline": "#56B4E9", "intervened": "#785EF0"}
-INK = "#1f2933"
+# the palettes are written down once, in backend/constants.py, for the dashboard and the HTML report alike
+from backend.constants import (  # noqa: F401  (the pages take them from here)
+    CONDITION_COLORS,
+    INK,
+    OUTCOME_COLORS,
+    ROLE_COLORS,
+    ROLE_NAMES,
+    ROLES,
+)
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

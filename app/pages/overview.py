@@ -28,8 +28,10 @@ from app.components import (
     view_patch,
     view_store,
 )
+from app.experiments import ORIGINS, job_link, job_summary, run_label, short_id, short_path
 from app.figures import ROLE_NAMES, ROLES, layer_bars_figure, message_figure
 from app.rolemap import COLORS, LISTED, MODULE_NAMES, MODULE_PLURALS, ORDERS, RUN_MAPS, RunMap, zoom_of
+from app.snippets import overview_code
 from backend.constants import DEFAULT_THRESHOLDS
 
 dash.register_page(__name__, path_template="/runs/<run_id>", title="ssah · run", name="Run overview")
@@ -77,18 +79,28 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
     except ApiError as error:
         return html.Div([html.H1(f"Run {run_id}"), error_box(error, "this run cannot be shown")])
     stored = {**DEFAULT_THRESHOLDS, **(run.get("settings") or {}).get("thresholds", {})}
-    values = {k: number(query.get(k), stored[k]) for k in SLIDERS}
+    ranges = slider_ranges(stored)
+    values, clamped = {}, []
+    for key in SLIDERS:
+        asked = number(query.get(key), stored[key])
+        values[key] = min(max(asked, 0.0), ranges[key])
+        if values[key] != asked:
+            clamped.append(f"{key} = {asked:g} in the link is outside the slider's range 0 to {ranges[key]:g}: "
+                           f"shown at {values[key]:g}")
     view = {"_run": run_id, **values, "color": color if color in COLORS else "role",
             "order": order if order in ORDERS else "role", "pick": _pick_of(pick), "token": token, "_stored": stored,
             **{f"{m}_{axis}": _pair(query.get(f"{m}_{axis}")) for m in MODULES for axis in "xy"}}
     return html.Div([
         *view_store("ov-view", view),
         dcc.Store(id="ov-drawn"),  # what the figures show now (see _draw)
+        dcc.Store(id="ov-run", data=run),  # the run as last read (identity and lineage are edited in place)
         dcc.Location(id="ov-go", refresh="callback-nav"),  # a click on a scatter point opens its unit's page
         dcc.Interval(id="ov-poll", interval=1500, disabled=run["status"] not in ACTIVE),
+        dcc.Interval(id="ov-history-poll", interval=2500),
         shared_banner(token),
         html.Div([
-            html.Div([html.H1(["Run ", html.Code(run_id)]), _describe(run)], className="grow"),
+            html.Div([html.H1(_title(run), id="ov-title"), html.Div(_identity(run, token), id="ov-identity"),
+                      _describe(run)], className="grow"),
             html.Div([
                 dcc.Link("Intervene →", id="ov-intervene", className="button",
                          href=page_link(f"/runs/{run_id}/intervene", token, **values)),
@@ -96,18 +108,39 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
                          href=page_link("/compare", token, a=run_id)),
             ], className="actions"),
         ], className="page-head"),
+        *[note(text) for text in clamped],
+        html.Details([
+            html.Summary("Edit name, tags and notes"),
+            html.Div([
+                html.Div([html.Label("name", htmlFor="ov-name"),
+                          dcc.Input(id="ov-name", value=run.get("name") or "", placeholder="default: the run's id")],
+                         className="field"),
+                html.Div([html.Label("tags", htmlFor="ov-tags"),
+                          dcc.Input(id="ov-tags", value=", ".join(run.get("tags") or []),
+                                    placeholder="comma-separated; default: none")], className="field"),
+            ], className="form-grid"),
+            html.Div([html.Label("notes", htmlFor="ov-notes"),
+                      dcc.Textarea(id="ov-notes", value=run.get("notes") or "", className="notes-input",
+                                   placeholder="what this run is for, what it showed; default: none")],
+                     className="field"),
+            html.Div([html.Button("Save", id="ov-save", className="button"), html.Div(id="ov-saved")],
+                     className="actions"),
+        ], className="card identity-edit", id="ov-edit"),
         html.Div(id="ov-status"),
         html.Section([
             html.Div([
                 html.H2("Thresholds"),
                 html.P("Fractions of unit parameters; roles are recomputed from the stored z-scores.",
                        className="muted"),
-                *[html.Div([html.Label(label, htmlFor=f"ov-{key}"),
-                            dcc.Slider(id=f"ov-{key}", min=0, max=max(top, values[key]), step=step,
+                *[html.Div([html.Label([label, html.Span(f" · 0 to {ranges[key]:g}, the run's own {stored[key]:g}",
+                                                         className="slider-range")], htmlFor=f"ov-{key}",
+                                       id=f"ov-{key}-label"),
+                            # the value bubble beside the handle, so it never covers the next slider's label
+                            dcc.Slider(id=f"ov-{key}", min=0, max=ranges[key], step=step,
                                        value=values[key], marks=None, allow_direct_input=True,
-                                       tooltip={"placement": "bottom", "always_visible": False},
+                                       tooltip={"placement": "right", "always_visible": False},
                                        updatemode="mouseup")], className="slider-row")
-                  for key, (label, top, step) in SLIDERS.items()],
+                  for key, (label, _, step) in SLIDERS.items()],
                 html.Button("Reset to the run's thresholds", id="ov-reset", className="button button-quiet"),
             ], className="card thresholds"),
             html.Div([html.H2("Roles"), dcc.Loading(html.Div(id="ov-counts"), delay_show=400)],
@@ -133,15 +166,23 @@ def layout(run_id: str | None = None, token: str | None = None, color: str | Non
                                 config={"displaylogo": False})], className="card"),
         html.Section([
             html.H2("Export and share"),
-            html.Div([html.Span("Units: ", className="muted"),
-                      *[html.A(fmt.upper(), href=api_link(f"/runs/{run_id}/units", token, format=fmt),
-                               className="button button-quiet", download="", target="_blank", id=f"ov-export-{fmt}")
-                        for fmt in ("parquet", "csv", "json")]], className="actions"),
+            html.Div([html.Span("Units, with the roles at these thresholds: ", className="muted"),
+                      html.Span(_export_links(run_id, token, values), id="ov-exports")], className="actions"),
+            html.Div([html.Span("A report for teammates without access to this server (one HTML file, opens "
+                                "offline): ", className="muted"),
+                      html.Span(_report_link(run_id, token, values), id="ov-report")], className="actions"),
+            html.Details([html.Summary(["Copy as Python ", dcc.Clipboard(id="ov-python-copy", title="copy",
+                                                                         className="clipboard")]),
+                          html.Pre(id="ov-python", className="code")], className="python-code"),
             html.Div([html.Span("Freeze masks for your own training code (at these thresholds): ", className="muted"),
                       html.Span(_mask_links(run_id, token, values), id="ov-masks")], className="actions"),
             html.Div([html.Button("Share this view", id="ov-share", className="button"),
                       html.Div(id="ov-share-out", className="share-out")], className="actions"),
         ], className="card"),
+        html.Section([html.H2("History"),
+                      html.P("Every preview, sweep, estimate, fine-tune and inspection of this run, newest first; a "
+                             "link opens it again.", className="muted"),
+                      html.Div(id="ov-history", children=note("loading…"))], className="card", id="ov-history-card"),
     ])
 
 
@@ -157,16 +198,136 @@ def _mask_links(run_id: str, token: str | None, thresholds: dict) -> list:
             for i, (label, mode, groups) in enumerate(MASKS)]
 
 
-@callback(Output("ov-masks", "children"), Input("ov-view", "data"))
-def _masks(view):
-    return _mask_links(view["_run"], view.get("token"), view)
+def _export_links(run_id: str, token: str | None, thresholds: dict) -> list:
+    at = {k: thresholds[k] for k in SLIDERS}
+    return [html.A(fmt.upper(), href=api_link(f"/runs/{run_id}/units", token, format=fmt, **at),
+                   className="button button-quiet", download="", target="_blank", id=f"ov-export-{fmt}")
+            for fmt in ("parquet", "csv", "json")]
+
+
+def _report_link(run_id: str, token: str | None, thresholds: dict) -> html.A:
+    return html.A("Export report", href=api_link(f"/runs/{run_id}/report", token,
+                                                 **{k: thresholds[k] for k in SLIDERS}),
+                  className="button button-quiet", download="", target="_blank", id="ov-export-report")
+
+
+@callback(Output("ov-masks", "children"), Output("ov-exports", "children"), Output("ov-report", "children"),
+          Output("ov-python", "children"), Output("ov-python-copy", "content"), Input("ov-view", "data"),
+          State("ov-run", "data"))
+def _exports(view, run):
+    """Every export follows the view's thresholds, and so does its Python."""
+    code = overview_code(run, view)
+    return (_mask_links(view["_run"], view.get("token"), view), _export_links(view["_run"], view.get("token"), view),
+            _report_link(view["_run"], view.get("token"), view), code, code)
+
+
+def slider_ranges(stored: dict) -> dict[str, float]:
+    """Each threshold slider's top: its usual range, widened to the run's own threshold (the URL is clamped to
+    the same range)."""
+    return {key: max(top, float(stored[key])) for key, (_, top, _) in SLIDERS.items()}
+
+
+def _title(run: dict) -> list:
+    return [run["name"], " ", html.Code(run["id"], className="run-id")] if run.get("name") else \
+        ["Run ", html.Code(run["id"])]
+
+
+def _identity(run: dict, token: str | None) -> list:
+    """Tags, notes and lineage: where the run's model came from."""
+    parts = []
+    if run.get("tags"):
+        parts.append(html.Div([html.Span(t, className="tag") for t in run["tags"]], className="tags", id="ov-tags-shown"))
+    origin = run.get("origin") or {}
+    if origin.get("kind") in ORIGINS:
+        parent = run.get("parent_run")
+        what = ORIGINS[origin["kind"]] + (f" ({origin['how']})" if origin.get("how") else "")
+        source = (dcc.Link(run.get("_parent_name") or short_id(parent), href=page_link(f"/runs/{parent}", token),
+                           id="ov-parent") if parent else html.Span(short_path(origin.get("from")) or "a model "
+                                                                    "not attributed here"))
+        parts.append(html.P(["Lineage: ", what, " of ", source,
+                             f" (job {short_id(origin['job'])})" if origin.get("job") else ""],
+                            className="lineage", id="ov-lineage"))
+    else:
+        parts.append(html.P("Lineage: a base model (not made by this service)", className="lineage muted",
+                            id="ov-lineage"))
+    if run.get("_children"):
+        parts.append(html.P(["Runs of models made from this one: ",
+                             *[item for child in run["_children"] for item in
+                               (dcc.Link(run_label(child), href=page_link(f"/runs/{child['id']}", token),
+                                         className="child-link"), " ")]], className="lineage"))
+    if run.get("notes"):
+        parts.append(html.Div(run["notes"], className="notes", id="ov-notes-shown"))
+    return parts
+
+
+@callback(Output("ov-identity", "children"), Output("ov-title", "children"), Output("ov-saved", "children"),
+          Output("ov-run", "data"), Input("ov-save", "n_clicks"), State("ov-name", "value"),
+          State("ov-tags", "value"), State("ov-notes", "value"), State("ov-view", "data"), State("ov-run", "data"),
+          prevent_initial_call=True)
+def _save(_, name, tags, notes, view, run):
+    """PATCH the run's name, tags and notes; an empty field clears it."""
+    changes = {"name": (name or "").strip() or None,
+               "tags": [t.strip() for t in (tags or "").split(",") if t.strip()],
+               "notes": (notes or "").strip() or None}
+    try:
+        saved = api(view.get("token")).update_run(view["_run"], changes)
+    except ApiError as error:
+        return no_update, no_update, error_box(error, "not saved"), no_update
+    saved = {**saved, **{k: v for k, v in run.items() if k.startswith("_")}}
+    return (_identity(saved, view.get("token")), _title(saved),
+            html.Span("saved", className="status status-succeeded", id="ov-saved-ok"), saved)
+
+
+@callback(Output("ov-identity", "children", allow_duplicate=True), Output("ov-run", "data", allow_duplicate=True),
+          Input("ov-view", "id"), State("ov-view", "data"), State("ov-run", "data"), prevent_initial_call="initial_duplicate")
+def _lineage(_, view, run):
+    """The parent's name and the runs made from this run's models, looked up once the page is open."""
+    client = api(view.get("token"))
+    run = dict(run)
+    if run.get("parent_run"):
+        try:
+            run["_parent_name"] = run_label(client.run(run["parent_run"]))
+        except ApiError:
+            pass
+    try:
+        run["_children"] = [{"id": r["id"], "name": r.get("name")} for r in client.runs(limit=1000)
+                            if r.get("parent_run") == run["id"]]
+    except ApiError:
+        pass
+    return _identity(run, view.get("token")), run
+
+
+@callback(Output("ov-history", "children"), Output("ov-history-poll", "disabled"), Input("ov-history-poll", "n_intervals"),
+          State("ov-view", "data"))
+def _history(_, view):
+    """The run's jobs other than its attribution, newest first, each with a link that reopens it."""
+    token = view.get("token")
+    try:
+        jobs = [j for j in api(token).jobs(run_id=view["_run"], limit=200) if j["kind"] != "attribution"]
+    except ApiError as error:
+        return error_box(error, "the history cannot be listed"), True
+    if not jobs:
+        return note("Nothing yet: previews, sweeps and fine-tunes of this run are listed here."), True
+    rows = []
+    for job in jobs:
+        href = job_link(view["_run"], job, token)
+        state = (progress_bar(job["status"], job["progress"], job["phase"]) if job["status"] in ACTIVE else
+                 html.Span(job["status"], className=f"status status-{job['status']}", title=job.get("error") or None))
+        rows.append(html.Tr([html.Td(job["kind"]), html.Td(job["created_at"][:16].replace("T", " ")),
+                             html.Td(job_summary(job), className="wrap summary"), html.Td(state),
+                             html.Td(dcc.Link("open →", href=href, className="history-link") if href else
+                                     html.A("JSON", href=api_link(f"/jobs/{job['id']}", token), target="_blank"))],
+                            **{"data-job": job["id"], "data-kind": job["kind"]}))
+    table = html.Table([html.Thead(html.Tr([html.Th(h) for h in ("kind", "when", "settings", "status", "")])),
+                        html.Tbody(rows)], className="table history-table", id="ov-history-table")
+    return table, not any(job["status"] in ACTIVE for job in jobs)
 
 
 def _describe(run: dict) -> html.Div:
     manifest = run.get("manifest") or {}
     model = manifest.get("model", {})
     sets = manifest.get("datasets", {})
-    parts = [f"model {run.get('model')}"]
+    parts = [f"model {short_path(run.get('model'))}"]
     if model.get("architecture"):
         parts.append(f"{model['architecture']}, {_count(model.get('parameters', 0))} parameters")
     for split in ("safety", "utility"):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend.settings import Settings
 from backend.store import queue
-from backend.store.folders import RunFolders, RunUnits, UnitsCache, units_bytes
+from backend.store.folders import RunFolders, RunUnits, UnitsCache, units_bytes, units_parquet
 from backend.store.tables import Job, Run
 
 from . import checks
@@ -37,7 +37,8 @@ def finished_units(run: Run, folders: RunFolders, units: UnitsCache) -> RunUnits
     return units.get(folders.folder(run.result_dir))
 
 
-UNITS_MEDIA = {"csv": "text/csv", "json": "application/json", "arrow": "application/vnd.apache.arrow.stream"}
+UNITS_MEDIA = {"csv": "text/csv", "json": "application/json", "arrow": "application/vnd.apache.arrow.stream",
+               "parquet": "application/vnd.apache.parquet"}
 COMPRESSIBLE = ("csv", "json", "arrow")  # parquet is compressed already
 
 
@@ -54,21 +55,34 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def units_response(run: Run, folders: RunFolders, units: UnitsCache, fmt: str, accept_encoding: str) -> Response:
-    """A finished run's units in `fmt`: parquet is the run folder's own file; csv, json and arrow are encoded once
-    and kept as files, and sent gzipped (Content-Encoding) to a client that accepts it."""
-    table = finished_units(run, folders, units).table
-    folder = folders.folder(run.result_dir)
+def units_response(run: Run, folders: RunFolders, units: UnitsCache, fmt: str, accept_encoding: str,
+                   at=None) -> Response:
+    """A finished run's units in `fmt`, with roles at the thresholds `at` (default: the run's own). At the run's
+    own thresholds parquet is the run folder's own file and csv, json and arrow are encoded once and kept as files;
+    at others the roles are recomputed, the thresholds named in the file name (and in Parquet's metadata). csv, json
+    and arrow are sent gzipped (Content-Encoding) to a client that accepts it."""
+    indexed = finished_units(run, folders, units)
+    table, suffix = indexed.table, ""
+    if at is not None:
+        table = table.copy()
+        table["role"] = indexed.roles.roles(at)
+        suffix = "-" + "-".join(f"{k}{v:g}" for k, v in at.as_dict().items())
+    name = {"csv": f"units-{run.id}{suffix}.csv", "arrow": f"units-{run.id}{suffix}.arrows",
+            "parquet": f"units-{run.id}{suffix}.parquet"}.get(fmt)  # json is shown inline
     if fmt == "parquet":
-        return FileResponse(folder / "units.parquet", filename=f"units-{run.id}.parquet",
-                            media_type="application/vnd.apache.parquet")
-    name = {"csv": f"units-{run.id}.csv", "arrow": f"units-{run.id}.arrows"}.get(fmt)  # json is shown inline
+        if at is None:
+            return FileResponse(folders.folder(run.result_dir) / "units.parquet", filename=name,
+                                media_type=UNITS_MEDIA[fmt])
+        body = units_parquet(table, {"thresholds": at.as_dict(), "run": run.id})
+        return Response(body, media_type=UNITS_MEDIA[fmt],
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
     gzipped = fmt in COMPRESSIBLE and accepts_gzip(accept_encoding)
     headers = {"Vary": "Accept-Encoding"} | ({"Content-Encoding": "gzip"} if gzipped else {})
-    encoded = folders.encoded(run.result_dir, fmt, table, gzipped=gzipped)
-    if encoded is not None:
-        return FileResponse(encoded, media_type=UNITS_MEDIA[fmt], filename=name, headers=headers)
-    body = units_bytes(table, fmt)  # a read-only results folder: encoded on every request
+    if at is None:
+        encoded = folders.encoded(run.result_dir, fmt, table, gzipped=gzipped)
+        if encoded is not None:
+            return FileResponse(encoded, media_type=UNITS_MEDIA[fmt], filename=name, headers=headers)
+    body = units_bytes(table, fmt)  # other thresholds, or a read-only results folder: encoded on every request
     if gzipped:
         body = gzip.compress(body, 6)
     if name:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import attribute, catalog, evaluate, judge, reproduce, service, train
+from . import attribute, catalog, evaluate, judge, report, reproduce, service, train
 from .common import EXIT_BAD_INPUT
 
-GROUPS = (attribute, evaluate, judge, train, reproduce, catalog, service)
+GROUPS = (attribute, evaluate, judge, train, reproduce, report, catalog, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

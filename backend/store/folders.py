@@ -48,6 +48,22 @@ def units_bytes(table: "pd.DataFrame", fmt: str) -> bytes:
     return units_text(table, fmt).encode("utf-8")
 
 
+def units_parquet(table: "pd.DataFrame", about: dict) -> bytes:
+    """A units table as Parquet bytes, with `about` (e.g. the thresholds its roles are at) as JSON in the file's
+    key-value metadata under `ssah`."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), b"ssah": json.dumps(about).encode()})
+    out = io.BytesIO()
+    pq.write_table(arrow, out, compression="zstd")
+    return out.getvalue()
+
+
 class RunFolders:
     """The results dir: one folder per run, named by run id."""
 

@@ -19,6 +19,12 @@ from uikit import browser, free_port, poll_json, serve_stack
 from backend.settings import Settings
 
 
+# A preview with a utility set waits when it reaches its pruned model's utility answers until the test releases it
+# (uikit.release): a deterministic moment at which the page shows the instant estimate and no measured result yet.
+# No other job reaches that phase (only previews take a utility set, and no other test gives one).
+PAUSE_AT = "pruned: utility"
+
+
 def _write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
 
@@ -44,7 +50,7 @@ def service(roots, tmp_path_factory):
     settings = Settings(home=folder / "home", database_url=f"sqlite:///{folder / 'ssah.db'}",
                         results_dir=folder / "runs", devices=["cpu"], dtype="float32", model_roots=[models],
                         data_roots=[data], progress_interval_s=0.05, heartbeat_s=0.5, preload_engine=False,
-                        worker_threads=1, host="ssah.test")
+                        worker_threads=1, host="ssah.test", pause_at=PAUSE_AT)
     with serve_stack(settings, free_port()) as served:
         yield served
 

@@ -103,18 +103,19 @@ def test_the_stylesheet_speaks_the_same_colours():
 
 
 def test_palette_colours_are_written_down_once():
-    """Every use goes through the palettes (app/figures.py) or the stylesheet's variables, so a role colour
+    """Every use goes through the palettes (backend/constants.py) or the stylesheet's variables, so a role colour
     cannot turn up as 'pruned' or 'baseline' again."""
     palette = {c.lower() for colors in PALETTES.values() for c in colors.values()}
-    for path in [*sorted((ROOT / "app").rglob("*.py")), ROOT / "static" / "ssah.css", ROOT / "static" / "ssah.js"]:
+    for path in [*sorted((ROOT / "app").rglob("*.py")), ROOT / "backend" / "constants.py", ROOT / "backend" / "report.py",
+                 ROOT / "static" / "ssah.css", ROOT / "static" / "ssah.js"]:
         text = path.read_text()
         for match in re.finditer(r"#[0-9a-fA-F]{6}\b", text):
             if match.group().lower() not in palette:
                 continue
             line = text[:match.start()].count("\n") + 1
             where = text.splitlines()[line - 1]
-            defined = ((path.name == "figures.py" and where.startswith(("ROLE_COLORS", "OUTCOME_COLORS",
-                                                                        "CONDITION_COLORS")))
+            defined = ((path.name == "constants.py" and where.startswith(("ROLE_COLORS", "OUTCOME_COLORS",
+                                                                          "CONDITION_COLORS")))
                        or (path.name == "ssah.css" and where.lstrip().startswith("--")))
             assert defined, f"{path.relative_to(ROOT)}:{line} writes {match.group()} outside the palettes"
 

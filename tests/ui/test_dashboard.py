@@ -53,8 +53,9 @@ def wait_for_overview(driver) -> dict[str, int]:
 
 def test_the_runs_page_lists_runs_and_says_in_words_why_a_run_was_refused(service, token, run, driver):
     driver.get(page(service, "/", token))
-    row = wait_until(lambda: driver.find_element(By.ID, "runs-list"), 30, "the runs table")
-    assert run["id"] in row.text and "succeeded" in row.text
+    row = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, f"#runs-list tr[data-run='{run['id']}']").text, 30,
+                     "the run in the runs table")
+    assert run["id"][:8] in row and "succeeded" in row
     samples = driver.find_element(By.ID, "runs-samples")
     samples.clear()
     samples.send_keys("100000", Keys.TAB)
@@ -71,12 +72,11 @@ def test_the_runs_page_lists_runs_and_says_in_words_why_a_run_was_refused(servic
         box.send_keys(value, Keys.TAB)
     driver.find_element(By.ID, "runs-submit").click()
     link = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#runs-submitted .alert-ok a"), 30, "the new run")
-    new_id = link.text
+    new_id = link.get_attribute("href").split("/runs/")[1].split("?")[0]
     assert not driver.find_elements(By.CSS_SELECTOR, ".invalid #runs-samples")
     # the table follows the run live (polling) until it has succeeded
-    wait_until(lambda: any(new_id in row.text and "succeeded" in row.text
-                           for row in driver.find_elements(By.CSS_SELECTOR, "#runs-list tbody tr")), 120,
-               "the new run to succeed in the table")
+    wait_until(lambda: "succeeded" in driver.find_element(By.CSS_SELECTOR, f"#runs-list tr[data-run='{new_id}']").text,
+               120, "the new run to succeed in the table")
     screenshot(driver, "runs-page")
 
 

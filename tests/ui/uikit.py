@@ -133,6 +133,12 @@ def poll_json(client: httpx.Client, path: str, check: Callable[[dict], bool], ti
         time.sleep(0.2)
 
 
+def release(settings: Settings, job_id: str) -> None:
+    """Let a job held at SSAH_PAUSE_AT go on (before or after it got there)."""
+    (settings.home / "release").mkdir(parents=True, exist_ok=True)
+    (settings.home / "release" / job_id).touch()
+
+
 def synthetic_units(layers: int = 32, channels: int = 14336, heads: int = 32, hidden: int = 4096,
                     head_dim: int = 128, kv_heads: int = 8, seed: int = 0) -> pd.DataFrame:
     """Units of a Llama-shaped model (default: Llama-3-8B, 459,776 units) with correlated z-scores, parameters

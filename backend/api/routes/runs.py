@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import func, select
 
 from backend.store import queue
@@ -42,6 +42,7 @@ from ..schemas import (
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 INTERNAL_SETTINGS = ("model_hash", "paths")  # what the worker needs, not what the user asked
+THRESHOLDS_HEADER = "X-SSAH-Thresholds"  # the thresholds a units export holds its roles at
 
 
 def run_out(run: Run, job: Job | None, *, manifest: bool = True) -> RunOut:
@@ -153,11 +154,20 @@ def delete_run(run: RunDep, _: WriterDep, session: SessionDep, runner: RunnerDep
           "description": "the units; csv, json and arrow gzipped (Content-Encoding) when the client accepts it"},
     **errors(403, 404, 409)})
 def read_units(run: RunDep, folders: FoldersDep, units: UnitsDep, request: Request,
-               format: Literal["json", "csv", "parquet", "arrow"] = "json") -> Response:
-    """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role.
-    Parquet is the run folder's own file; csv, json (a list of records) and arrow (an Arrow IPC stream) hold the
-    same rows."""
-    return units_response(run, folders, units, format, request.headers.get("accept-encoding", ""))
+               format: Literal["json", "csv", "parquet", "arrow"] = "json", h_ru: float | None = fraction(),
+               h_scu: float | None = fraction(), h_ucu: float | None = fraction()) -> Response:
+    """One row per unit: layer, module, unit, params, score_safety, score_utility, z_safety, z_utility, role, with
+    roles at the thresholds asked for (default: the run's own). The thresholds are in the `X-SSAH-Thresholds` header
+    (and, at other thresholds than the run's, in the file name and in the Parquet key-value metadata `ssah`, a JSON
+    object with `thresholds`). Parquet at the run's own thresholds is the run folder's own file; csv, json (a list
+    of records) and arrow (an Arrow IPC stream) hold the same rows."""
+    thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
+    asked = thresholds.as_dict()
+    own = asked == thresholds_of(run, None, None, None).as_dict()
+    response = units_response(run, folders, units, format, request.headers.get("accept-encoding", ""),
+                              at=None if own else thresholds)
+    response.headers[THRESHOLDS_HEADER] = ",".join(f"{k}={v:g}" for k, v in asked.items())
+    return response
 
 
 @router.get("/{run_id}/roles", response_model=RolesOut, responses=errors(403, 404, 409))
@@ -168,6 +178,34 @@ def read_roles(run: RunDep, folders: FoldersDep, units: UnitsDep, h_ru: float | 
     indexed = finished_units(run, folders, units)
     thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
     return RolesOut(run_id=run.id, thresholds=thresholds.as_dict(), **indexed.roles.summary(thresholds))
+
+
+@router.get("/{run_id}/report", response_class=HTMLResponse, responses={
+    200: {"content": {"text/html": {}}, "description": "one self-contained HTML file"}, **errors(403, 404, 409)})
+def read_report(run: RunDep, session: SessionDep, folders: FoldersDep, units: UnitsDep,
+                h_ru: float | None = fraction(), h_scu: float | None = fraction(),
+                h_ucu: float | None = fraction()) -> HTMLResponse:
+    """The run as one self-contained HTML file for teammates without access to this server (as `ssah report`
+    writes it): settings, role table, per-layer bars and the role map (inline SVG), the top SCU with their promoted
+    tokens where inspected, and the run's newest previews with replies and verdicts. It opens offline and fetches
+    nothing. Roles at the thresholds given (default: the run's own)."""
+    from backend.report import PREVIEWS, read_inspections, report_html
+
+    table = finished_units(run, folders, units).table
+    thresholds = thresholds_of(run, h_ru, h_scu, h_ucu)
+    jobs = session.scalars(select(Job).where(Job.run_id == run.id, Job.kind == "preview", Job.status == "succeeded")
+                           .order_by(Job.created_at.desc()).limit(PREVIEWS)).all()
+    previews = [{**job.result, "request": job.request, "created_at": job.created_at.isoformat()}
+                for job in jobs if job.result]
+    described = run_out(run, None).model_dump(mode="json")
+    parent = session.get(Run, run.parent_run) if run.parent_run else None
+    if parent is not None:
+        described["parent_name"] = parent.name
+    page = report_html(described, table, thresholds, previews=previews,
+                       inspections=read_inspections(folders.folder(run.result_dir)),
+                       made_by="the ssah-dashboard API")
+    filename = f"ssah-report-{run.id}.html"
+    return HTMLResponse(page, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/{run_id}/masks", responses={200: {"content": {"application/octet-stream": {}}}, **errors(403, 404, 409)})
