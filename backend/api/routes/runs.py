@@ -114,7 +114,7 @@ def read_run(run: RunDep, session: SessionDep) -> RunOut:
     return run_out(run, queue.attribution_job(session, run.id))
 
 
-@router.patch("/{run_id}", response_model=RunOut, responses=errors(403, 404))
+@router.patch("/{run_id}", response_model=RunOut, responses=errors(400, 403, 404))
 def update_run(run: RunDep, body: RunPatch, _: WriterDep, session: SessionDep) -> RunOut:
     """Set a run's name, tags or notes (fields left out stay as they are; null clears one)."""
     for field in body.model_fields_set:
