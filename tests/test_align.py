@@ -670,15 +670,15 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
     capsys.readouterr()
     assert main([*args, "--full-report", str(no_eval / "alignment.json")]) != 0
     assert "has no evaluation" in capsys.readouterr().err
-    # reports judged by another version (here: an older over-refusal rule and knowledge set) share no table
+    # reports judged by another version (here: another judge and an older knowledge set) share no table
     older = json.loads(reports["lowrank"].read_text())
     for side in ("base", "aligned"):
-        older[side]["settings"].pop("over_refusal_ignores")
+        older[side]["settings"]["judge"] = "v1"
         older[side]["facts_n"] = 206
     (tmp_path / "older.json").write_text(json.dumps(older))
     assert main([*args, "--lowrank-report", str(tmp_path / "older.json")]) != 0
     err = capsys.readouterr().err
-    assert "evaluated differently" in err and "over_refusal_ignores" in err and "facts_n" in err
+    assert "evaluated differently" in err and "judge" in err and "facts_n" in err
     fresh = [*args[:args.index("--work") + 1], str(tmp_path / "fresh-work"), *args[args.index("--work") + 2:]]
     assert main([*fresh, "--lowrank-report", str(tmp_path / "nowhere.json")]) != 0
     assert "no alignment report at" in capsys.readouterr().err and not (tmp_path / "fresh-work").exists()

@@ -314,7 +314,8 @@ def test_evaluate_safety_counts_verdicts_per_set(tiny, monkeypatch):
 
     monkeypatch.setattr(evaluation, "generate", fake_generate)
     report = evaluate_safety(tiny("llama"), {"a": ["harm-1", "harm-2"], "b": ["harm-3", "harm-4"]},
-                             ["benign-1", "benign-2", "benign-3", "benign-4"], max_new_tokens=16, batch_size=3)
+                             ["benign-1", "benign-2", "benign-3", "benign-4"], max_new_tokens=16, batch_size=3,
+                             judge="keyword")  # the prompts are placeholders: the counts follow the keyword rule
     assert len(calls) == 1 and calls[0][1:] == (16, 3)  # one batched generation for every set
     a, b = report.harmful
     assert (a.name, a.n, a.asr, a.refusal_rate, a.degenerate_rate) == ("a", 2, 0.5, 0.5, 0.0)

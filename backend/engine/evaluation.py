@@ -21,7 +21,7 @@ from .models import LoadedModel, content_hash
 from .scoring import Progress, batches, pad_batch
 from .stats import Rate
 
-DEFAULT_JUDGE = "keyword"  # what every measurement is judged by unless it names another (judge.make_judge)
+DEFAULT_JUDGE = "v2"  # what every measurement is judged by unless it names another (judge.make_judge)
 
 
 def make_judge(spec: str = "v2") -> Judge:

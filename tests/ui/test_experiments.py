@@ -88,7 +88,11 @@ def test_a_stored_preview_brings_back_the_settings_it_was_made_with():
     assert preview_settings(request) == {"groups": ["SCU", "UCU"], "cu": 0.0, "random": False,
                                          "reference": "default", "controls": 0, "harmful": "harmful.jsonl",
                                          "benign": "benign.jsonl", "utility": "", "limit": 2, "tokens": 8,
-                                         "h_ru": 0.1, "h_scu": 0.02, "h_ucu": 0.05}
+                                         "units": "", "layers": "", "h_ru": 0.1, "h_scu": 0.02, "h_ucu": 0.05}
+    single = {**request, "prune": {**request["prune"], "groups": [], "layers": [3, 5],
+                                   "units": [{"module": "mlp", "layer": 3, "unit": 17}, {"module": "attn", "layer": 5,
+                                                                                         "unit": 2}]}}
+    assert (preview_settings(single)["units"], preview_settings(single)["layers"]) == ("mlp.3.17,attn.5.2", "3,5")
     unpruned = preview_settings({"prune": None, "sets": request["sets"], "controls": 0})
     assert unpruned["groups"] == [] and unpruned["h_scu"] is None
 
