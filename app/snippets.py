@@ -48,9 +48,12 @@ def intervene_code(run: dict, view: dict) -> str:
               f"random={bool(view.get('random'))!r}, seed=0, "
               f"thresholds={_thresholds(thresholds) if thresholds else None}, "
               f"reference={None if view.get('reference') in (None, 'default') else view['reference']!r})")
+    utility = (view.get("utility") or "").strip() or None
+    names = (*_names(view.get("harmful")), *_names(view.get("benign")), *((utility,) if utility else ()))
     sets = (f"EvalSets(harmful={_names(view.get('harmful'))!r}, benign={_names(view.get('benign'))!r}, "
-            f"utility={(view.get('utility') or '').strip() or None!r}, limit={int(view.get('limit') or 10)}, "
-            f"max_new_tokens={int(view.get('tokens') or 48)})")
+            f"utility={utility!r}, limit={int(view.get('limit') or 10)}, "
+            f"max_new_tokens={int(view.get('tokens') or 48)},\n"
+            f"                 paths=Settings().data_files({names!r}))  # files found in the server's data roots")
     controls = int(view.get("controls") or 0) if not view.get("random") else 0
     pruning = bool(view.get("groups") or view.get("cu") or view.get("random"))
     lines = [
@@ -65,8 +68,9 @@ def intervene_code(run: dict, view: dict) -> str:
         lines += [f"groups = {groups}",
                   "selection = groups.choose(load_run(folder).units)  # roles at the thresholds, then the units pruned",
                   'print(len(selection), "units,", selection.params.sum(), "parameters")']
-    lines += [f"request = EvaluateRequest(model={_model(run)!r}, run=str(folder), prune={'groups' if pruning else None},",
-              f"                          sets={sets}" + (f", controls={controls})" if controls else ")"),
+    lines += [f"sets = {sets}",
+              f"request = EvaluateRequest(model={_model(run)!r}, run=str(folder), prune={'groups' if pruning else None},",
+              "                          sets=sets" + (f", controls={controls})" if controls else ")"),
               "preview = evaluate(request)  # the replies side by side: preview.generations",
               "print(preview.baseline.counts, preview.pruned.counts if preview.pruned else None, sep=\"\\n\")"]
     return "\n".join(lines) + "\n"

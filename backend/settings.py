@@ -113,6 +113,17 @@ class Settings(BaseSettings):
         assert self.results_dir is not None
         return self.results_dir
 
+    def data_files(self, names) -> dict[str, str]:
+        """Where this server reads each data file named relative to its data roots (built-in set names and names
+        found in no root are left out: they are read as they are)."""
+        found = {}
+        for name in names:
+            for root in self.data_roots:
+                if not Path(name).is_absolute() and (root / name).is_file():
+                    found[name] = str((root / name).resolve())
+                    break
+        return found
+
     @property
     def finetunes_dir(self) -> Path:
         """Fine-tuned model folders; an implicit model root, so a fine-tuned model can be attributed in turn."""

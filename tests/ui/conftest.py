@@ -46,12 +46,14 @@ def roots(tiny_model_path, safety_pairs, utility_pairs, tmp_path_factory) -> tup
 def service(roots, tmp_path_factory):
     """The service with tokens required (bound to loopback, but configured as a team server would be)."""
     folder = tmp_path_factory.mktemp("ui-service")
+    port = free_port()
     models, data = roots
     settings = Settings(home=folder / "home", database_url=f"sqlite:///{folder / 'ssah.db'}",
                         results_dir=folder / "runs", devices=["cpu"], dtype="float32", model_roots=[models],
                         data_roots=[data], progress_interval_s=0.05, heartbeat_s=0.5, preload_engine=False,
-                        worker_threads=1, host="ssah.test", pause_at=PAUSE_AT)
-    with serve_stack(settings, free_port()) as served:
+                        worker_threads=1, host="ssah.test", pause_at=PAUSE_AT,
+                        public_url=f"http://127.0.0.1:{port}")  # where people reach it: share links start there
+    with serve_stack(settings, port) as served:
         yield served
 
 
