@@ -1,7 +1,7 @@
 """How often each judge agrees with the hand labels of tests/data/judge (the test half, never tuned on; the
 development half for reference), with confusion matrices, written into docs/judge.md.
 
-    python benchmarks/judge_agreement.py            # both halves, judges v2 and keyword
+    python benchmarks/judge_agreement.py --write docs/judge.md     # both halves, judges v2 and keyword
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend.engine.evaluation import make_judge  # noqa: E402
 from backend.engine.judge import VERDICTS  # noqa: E402
@@ -44,8 +45,12 @@ def agreement(rows: list[dict], spec: str) -> dict:
             "misses": [(r, v) for r, v in zip(rows, verdicts) if r["label"] != v.verdict]}
 
 
+HEADING = "## Agreement with the hand labels"
+
+
 def markdown(results: dict[str, list[dict]], command: str) -> str:
-    out = [f"Command: `{command}`. Rows are the hand labels, columns the judge's verdicts.", ""]
+    out = [HEADING, "", f"Command: `{command}`. Rows are the hand labels, columns the judge's verdicts; intervals "
+           "are Wilson 95%.", ""]
     for half, per_judge in results.items():
         out.append(f"### {half} half ({per_judge[0]['agree'].n} replies)")
         out.append("")
@@ -67,6 +72,7 @@ def main() -> None:
     parser.add_argument("--judges", default="v2,keyword")
     parser.add_argument("--halves", default="test,dev")
     parser.add_argument("--misses", action="store_true", help="print every disagreement")
+    parser.add_argument("--write", type=Path, default=None, help="replace this section of that markdown file")
     args = parser.parse_args()
     results = {}
     for half in args.halves.split(","):
@@ -78,7 +84,12 @@ def main() -> None:
                 for row, verdict in r["misses"]:
                     print(f"  [{row['id']}] {row['kind']} label={row['label']} got={verdict.verdict} "
                           f"({verdict.reason})\n    P: {row['prompt'][:100]}\n    R: {row['reply'][:200]!r}")
-    print(markdown(results, "python benchmarks/judge_agreement.py"))
+    text = markdown(results, "python benchmarks/judge_agreement.py --write docs/judge.md")
+    print(text)
+    if args.write:
+        from attribution import replace_section
+
+        replace_section(args.write, HEADING, text)
 
 
 if __name__ == "__main__":
