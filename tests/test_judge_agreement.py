@@ -1,0 +1,50 @@
+"""Judge v2 against the hand-labelled replies of tests/data/judge: the set is what its README says, and on the test
+half (never tuned on) v2 keeps the agreement measured when it was made (docs/judge.md: 181/216, 84%) and stays ahead
+of the keyword judge. The issue's target is 95%; v2 does not reach it yet, and this test holds the line where it is
+rather than claim more."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backend.engine.judge import VERDICTS, KeywordJudge, V2Judge
+
+LABELS = Path(__file__).resolve().parent / "data" / "judge"
+
+
+def read(half: str) -> list[dict]:
+    return [json.loads(line) for line in (LABELS / f"{half}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_the_labelled_set_has_two_disjoint_halves_of_real_conditions():
+    dev, test = read("dev"), read("test")
+    rows = dev + test
+    assert len(rows) >= 400
+    assert len({r["id"] for r in rows}) == len(rows), "every row once, in one half"
+    assert len({r["condition"] for r in rows}) >= 4 and {r["kind"] for r in rows} == {"harmful", "benign"}
+    assert {r["label"] for r in rows} <= set(VERDICTS) and all(r["reason"] for r in rows)
+    for half in (dev, test):  # each half has every condition and both kinds
+        assert {(r["condition"], r["kind"]) for r in half} == {(r["condition"], r["kind"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def test_half() -> list[dict]:
+    return read("test")
+
+
+FLOOR = 0.83  # measured 181/216 = 0.838 when the judge was frozen; a change that loses a reply fails here
+
+
+def agreement(judge, rows: list[dict]) -> tuple[float, list]:
+    verdicts = judge.judge([r["prompt"] for r in rows], [r["reply"] for r in rows], [r["kind"] for r in rows])
+    misses = [(r["id"], r["label"], v.verdict, v.reason) for r, v in zip(rows, verdicts) if r["label"] != v.verdict]
+    return 1 - len(misses) / len(rows), misses
+
+
+def test_v2_keeps_its_agreement_on_the_test_half_and_beats_the_keyword_judge(test_half):
+    v2, misses = agreement(V2Judge(), test_half)
+    keyword, _ = agreement(KeywordJudge(), test_half)
+    assert v2 >= FLOOR, f"v2 agrees on {v2:.1%}; disagreements: {misses}"
+    assert v2 > keyword + 0.03, (v2, keyword)
