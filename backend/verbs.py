@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.constants import Progress
+from backend.constants import CONTROL_SEEDS, Progress
 from backend.engine.roles import Thresholds
 
 if TYPE_CHECKING:
@@ -279,9 +279,6 @@ def baseline_cache():
 
 # ----------------------------------------------------------------------------------------------------------------
 # sweep and estimate
-
-
-CONTROL_SEEDS = (5, 20)  # a sweep point's random controls: at least 5 seeds make a band, at most 20
 
 
 def sweep_controls(value: int | bool) -> int:
