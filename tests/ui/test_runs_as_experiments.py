@@ -1,8 +1,8 @@
 """Runs as experiments, in headless Chromium against the real service: runs named and filtered with their models and
 lineage, compared by ticking two; a run's identity edited and its history reopened; a sweep in one job with its
-random control as a band of five seeds and its points' replies; a preview that shows its instant estimate until its replies are judged;
-exports and Python that follow the view's thresholds; the form slips of issue 24; and the HTML report, opened with
-no network. Screenshots go to test-artifacts/ui/."""
+random control as a band of five seeds and its points' replies; a preview that shows its instant estimate until its
+replies are judged; exports and Python that follow the view's thresholds; the form slips of issue 24; and the HTML
+report, opened with no network. Screenshots go to test-artifacts/ui/."""
 from __future__ import annotations
 
 import contextlib
