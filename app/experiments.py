@@ -84,8 +84,10 @@ def job_summary(job: dict) -> str:
         parts.append(f"{r.get('group', '?')} at {fractions}")
         if r.get("reference"):
             parts.append(f"{r['reference']} mean")
-        if r.get("controls"):
+        if r.get("controls") is True:  # a sweep made before bands: one random set per point
             parts.append("with random controls")
+        elif r.get("controls"):
+            parts.append(f"{r['controls']} random controls per point")
         parts.append(_sets_label(r.get("sets")))
     elif kind == "finetune":
         mode = ("freeze " + groups_label(r["freeze"]) if r.get("freeze") else

@@ -37,6 +37,11 @@ def mix(color: str, other: str, amount: float) -> str:
     return "#" + "".join(f"{round(x + (y - x) * amount):02x}" for x, y in zip(a, b))
 
 
+def translucent(color: str, alpha: float) -> str:
+    """`color` as rgba with opacity `alpha`: a shaded area (a random control's band) that lines show through."""
+    return "rgba({}, {}, {}, {:g})".format(*_rgb(color), alpha)
+
+
 def is_pale(color: str) -> bool:
     """Whether dark text (and a darker outline or line) is needed on this colour (relative luminance > 0.45)."""
     lin = [(c / 255) / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in _rgb(color)]

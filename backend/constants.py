@@ -21,6 +21,7 @@ SPLITS = ("safety", "utility")
 # What pruned channels are held at; by default the mean of the *other* attribute (DESIGN.md, step 6)
 REFERENCES = ("safety", "utility", "pooled", "zero")
 DEFAULT_REFERENCE = {"SCU": "utility", "UCU": "safety", "CU": "pooled", "RU": "pooled"}
+CONTROL_SEEDS = (5, 20)  # a sweep point's random controls: at least 5 seeds make a band, at most 20
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.constants import Progress
+from backend.constants import CONTROL_SEEDS, Progress
 from backend.engine.roles import Thresholds
 
 if TYPE_CHECKING:
@@ -281,11 +281,23 @@ def baseline_cache():
 # sweep and estimate
 
 
+def sweep_controls(value: int | bool) -> int:
+    """How many random controls each sweep point gets: 0 (none) or 5 to 20 seeds, drawn as a band. `True`, the
+    one-control flag of requests made before bands, means 5 and `False` 0; anything else is a ValueError."""
+    low, high = CONTROL_SEEDS
+    if isinstance(value, bool):
+        return low if value else 0
+    if not isinstance(value, int) or not (value == 0 or low <= value <= high):
+        raise ValueError(f"controls must be 0 (none) or {low} to {high} seeds: at least {low} random sets make a "
+                         f"band of the control, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SweepRequest:
     """One role group pruned at growing parameter fractions (its threshold; CU: its top fraction), all in one
-    job that loads the model once and generates the unpruned replies once; `controls` adds a random set of each
-    point's mass at the same reference."""
+    job that loads the model once and generates the unpruned replies once; `controls` adds that many random sets
+    of each point's mass at the same reference (0 or 5 to 20 seeds: `sweep_controls`), shown as a band."""
 
     model: str
     run: str
@@ -294,10 +306,13 @@ class SweepRequest:
     sets: EvalSets = EvalSets()
     thresholds: Thresholds | None = None  # the other roles' thresholds (default: the run's)
     reference: str | None = None
-    controls: bool = False
+    controls: int = 0
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "controls", sweep_controls(self.controls))
 
     to_dict = asdict
 

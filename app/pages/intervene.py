@@ -1,6 +1,7 @@
 """Intervene `/runs/{id}/intervene`: prune role groups (mean-ablation) and preview refusal, over-refusal and
 utility against the unpruned model, with the generations side by side (an instant estimate shown while the replies
-are generated); sweep the pruned fraction in one job, with a random control, and open any point's replies;
+are generated); sweep the pruned fraction in one job, with a random control of 5 seeds drawn as a band, and open
+any point's replies;
 fine-tune with units frozen and compare refusal before and after.
 
 View state in the URL: groups, cu, random, reference, controls, units (single units, `mlp.12.345,attn.3.2`),
@@ -34,8 +35,9 @@ from app.components import (
 )
 from app.experiments import preview_settings
 from app.figures import AXIS, CONDITION_COLORS, INK, LAYOUT, ROLES, integer_ticks, message_figure, \
-    preview_metrics_figure
+    preview_metrics_figure, translucent
 from app.snippets import intervene_code
+from backend.constants import CONTROL_SEEDS
 
 dash.register_page(__name__, path_template="/runs/<run_id>/intervene", title="ssah · intervene", name="Intervene")
 
@@ -230,8 +232,10 @@ def layout(run_id: str | None = None, token: str | None = None, groups: str | No
                                            className="muted")],
                                className="field"),
                       dcc.Checklist(id="iv-sweep-controls",
-                                    options=[{"label": " with a random control at each point (same mass and "
-                                                       "reference; twice the generations; default off)",
+                                    options=[{"label": f" with {CONTROL_SEEDS[0]} random controls at each point "
+                                                       "(random sets of the same mass and reference, drawn as a "
+                                                       f"band; {CONTROL_SEEDS[0] + 1} times the generations; "
+                                                       "default off)",
                                               "value": "1"}],
                                     value=["1"] if view["sweep_controls"] else []),
                       html.Button("Run sweep", id="iv-sweep-start", className="button button-quiet")],
@@ -382,7 +386,7 @@ def _sweep_fractions(text: str) -> list[float]:
           Input("iv-sweep-start", "n_clicks"), State("iv-sweep-fractions", "value"), State("iv-view", "data"),
           prevent_initial_call=True)
 def _start_sweep(_, text, view):
-    """One sweep job: the group at every fraction (and a random control of each point's mass when asked)."""
+    """One sweep job: the group at every fraction (and, when asked, 5 random sets of each point's mass: a band)."""
     group = next((g for g in view["groups"] if g != "CU"), None) or ("CU" if view["groups"] or view["cu"] else None)
     if group is None:
         return no_update, error_box("choose a role group to sweep")
@@ -394,7 +398,7 @@ def _start_sweep(_, text, view):
         return no_update, error_box("a sweep prunes a whole role group at each fraction: clear 'single units' and "
                                     "'only layers' to sweep")
     body = {"group": group, "fractions": fractions, "eval": _eval_body(view),
-            "controls": bool(view.get("sweep_controls"))}
+            "controls": CONTROL_SEEDS[0] if view.get("sweep_controls") else 0}
     if view["reference"] != "default":
         body["reference"] = view["reference"]
     if _thresholds(view):
@@ -582,8 +586,7 @@ def _preview_result(result: dict, show: str) -> html.Div:
     if controls and pruned:
         band = controls["band"]
         cells = [html.Td(f"random control, {len(controls['seeds'])} seeds (ASR)"), html.Td(""),
-                 html.Td(f"mean {_rate(band['asr']['mean'])}, range {_rate(band['asr']['min'])}-"
-                         f"{_rate(band['asr']['max'])}", className="num", id="iv-control-asr"), html.Td("")]
+                 html.Td(_band_text(band["asr"]), className="num", id="iv-control-asr"), html.Td("")]
         body.append(html.Tr(cells, className="control-row"))
     head = ["metric", "baseline"] + (["pruned", "change"] if pruned else [])
     parts.append(html.Div([
@@ -674,10 +677,32 @@ def _sweep(client, view: dict):
     return None, sweep_figure(result, view.get("point")), _point_replies(result, view.get("point")), False
 
 
+BAND_KEYS = {"asr": "asr", "over_refusal": "over_refusal", "degenerate_rate": "degenerate",
+             "off_topic_rate": "off_topic", "utility_exact_match": "utility_exact_match"}  # a measure -> its band
+
+
+def _control_band(control: dict) -> tuple[list[int], dict]:
+    """A sweep point's random control as (seeds, band of each rate: mean, min, max); a sweep made before bands
+    measured one seed, whose band is a line."""
+    if "band" in control:
+        return control["seeds"], control["band"]
+    counts = (control.get("measures") or {}).get("counts") or {}
+    return [control["seed"]], {k: {"mean": c["rate"], "min": c["rate"], "max": c["rate"]} for k, c in counts.items()}
+
+
+def _band_text(span: dict | None, seeds: int | None = None) -> str:
+    """`mean 20%, range 0%-40%, 5 seeds`: a random control's band in words (`20%, 1 seed` for an older sweep's)."""
+    span = span or {}
+    if seeds == 1:
+        return f"{_rate(span.get('mean'))}, 1 seed"
+    return (f"mean {_rate(span.get('mean'))}, range {_rate(span.get('min'))}-{_rate(span.get('max'))}"
+            + (f", {seeds} seeds" if seeds else ""))
+
+
 def sweep_figure(result: dict, opened: float | None = None) -> go.Figure:
     """ASR and utility (or over-refusal) and the degenerate rate against the pruned share, from the unpruned model
-    (at 0) through every point; the random control of each point, where measured, dotted with open markers; the
-    point whose replies are open, ringed."""
+    (at 0) through every point; the random control of each point, where measured, as a band per rate (shaded from
+    the lowest to the highest seed, the mean dotted with open markers); the point whose replies are open, ringed."""
     points = result.get("points") or []
     base = result["baseline"]
     use_utility = base.get("utility_exact_match") is not None
@@ -695,29 +720,44 @@ def sweep_figure(result: dict, opened: float | None = None) -> go.Figure:
                                     name=f"{name}: {group} pruned", mode="lines+markers",
                                     line=dict(color=color, dash=dash_), marker=dict(symbol=symbol, color=color, size=9),
                                     customdata=custom, text=text,
-                                    hovertemplate=f"%{{text}}: {name} %{{y:.0%}} · click for the replies<extra></extra>"))
+                                    hovertemplate=f"%{{text}}: {name} %{{y:.0%}} · click for the replies"
+                                                  "<extra></extra>"))
     controlled = [p for p in points if p.get("control")]
-    if controlled:
-        cx = [0.0] + [p["control"]["selection"]["param_fraction"] for p in controlled]
-        for name, metric, color, _, symbol in series[:2]:
-            figure.add_trace(go.Scatter(
-                x=cx, y=[base.get(metric)] + [p["control"]["measures"].get(metric) for p in controlled],
-                name=f"{name}: random control", mode="lines+markers", line=dict(color=color, dash="dot", width=1.5),
-                marker=dict(symbol=f"{symbol}-open", color=color, size=9), opacity=0.75,
-                text=["unpruned"] + [f"random units of {p['selection']['label']}'s mass (seed {p['control']['seed']})"
-                                     for p in controlled],
-                hovertemplate=f"%{{text}}: {name} %{{y:.0%}}<extra></extra>"))
+    cx = [0.0] + [p["control"]["selection"]["param_fraction"] for p in controlled]
+    bands = [_control_band(p["control"]) for p in controlled]
+    for name, metric, color, _, symbol in series if controlled else ():
+        spans = [band.get(BAND_KEYS[metric]) or {} for _, band in bands]
+        if all(span.get("mean") is None for span in spans):
+            continue
+        edge = lambda side: [base.get(metric)] + [span.get(side) for span in spans]  # noqa: E731
+        together = dict(legendgroup=f"control-{metric}", hoverinfo="skip", mode="lines")
+        figure.add_trace(go.Scatter(x=cx, y=edge("max"), name=f"{name}: random control, highest", showlegend=False,
+                                    line=dict(color=color, width=0), **together))
+        figure.add_trace(go.Scatter(x=cx, y=edge("min"), name=f"{name}: random control, range", showlegend=False,
+                                    line=dict(color=color, width=0), fill="tonexty",
+                                    fillcolor=translucent(color, 0.16), **together))
+        figure.add_trace(go.Scatter(
+            x=cx, y=edge("mean"), name=f"{name}: random control", mode="lines+markers",
+            legendgroup=f"control-{metric}", line=dict(color=color, dash="dot", width=1.5),
+            marker=dict(symbol=f"{symbol}-open", color=color, size=9), opacity=0.75,
+            text=["unpruned"] + [f"random units of {p['selection']['label']}'s mass: "
+                                 f"{_band_text(span, len(seeds))}" for p, span, (seeds, _) in zip(controlled, spans,
+                                                                                                  bands)],
+            hovertemplate="%{text}<extra></extra>"))
     ringed = [p for p in points if opened is not None and abs(p["fraction"] - opened) < 1e-12]
     if ringed:
         figure.add_trace(go.Scatter(x=[ringed[0]["selection"]["param_fraction"]], y=[ringed[0]["measures"].get("asr")],
                                     mode="markers", name="replies shown below", hoverinfo="skip",
                                     marker=dict(symbol="circle-open", size=22, color=INK, line=dict(width=2))))
+    seeds = max((len(s) for s, _ in bands), default=0)
     figure.update_layout(LAYOUT, height=380, hovermode="closest",
                          xaxis=dict(title="pruned share of unit parameters", tickformat=".1%",
                                                         rangemode="tozero", **AXIS),
                          yaxis=dict(title="rate", range=[0, 1.05], tickformat=".0%", **AXIS),
                          title=dict(text=f"Pruning {group} at growing fractions"
-                                         + (" against a random control" if controlled else "")),
+                                         + (f" against {seeds} random controls" if seeds > 1
+                                            else " against a random control" if controlled else ""),
+                                    x=0.01, xanchor="left"),  # clear of the tool bar on the right
                          legend=dict(orientation="h", y=-0.25))
     return figure
 
@@ -732,6 +772,8 @@ def _point_replies(result: dict, fraction: float | None):
         return html.P("Click a point of the sweep to read its replies beside the unpruned model's.",
                       className="muted", id="iv-point-hint")
     base, measured = result["baseline"], point["measures"]
+    control = point.get("control")
+    seeds, band = _control_band(control) if control else ([], {})
     rows = []
     for label, key in (("ASR: complied, of harmful prompts", "asr"),
                        ("over-refusal: refused, of benign prompts", "over_refusal"),
@@ -743,18 +785,28 @@ def _point_replies(result: dict, fraction: float | None):
                  html.Td(rate_text(measured["counts"][key]), className="num", id=f"iv-point-{key}"),
                  _delta(base["counts"][key]["rate"], measured["counts"][key]["rate"], True,
                         change["p_value"] if change else None)]
-        control = point.get("control")
         if control:
-            cells.append(html.Td(rate_text(control["measures"]["counts"].get(key)), className="num"))
+            cells.append(html.Td(_band_text(band.get(key), len(seeds)), className="num",
+                                 id=f"iv-point-control-{key}"))
         rows.append(html.Tr(cells))
     head = ["metric", "baseline", f"pruned at {point['fraction']:g}", "change"] + \
-        (["random control"] if point.get("control") else [])
+        (["random control"] if control else [])
     generations = [{"set": p["set"], "kind": p["kind"], "prompt": p["prompt"], "baseline": b, "pruned": r}
                    for p, b, r in zip(result["prompts"], result["baseline_replies"], point["replies"])]
     selection = point["selection"]
+    about = None
+    if control:
+        drawn = control["selection"]
+        refs = ", ".join(f"the {ref} mean" if ref != "zero" else "zero" for ref in drawn["references"])
+        many = len(seeds) > 1
+        about = html.P(f"Random control: {len(seeds)} random set{'s' if many else ''} of this point's mass per "
+                       f"module (seed{'s' if many else ''} {', '.join(map(str, seeds))}), held at {refs}; "
+                       f"{'the first' if many else 'it'} takes {drawn['units']:,} units, "
+                       f"{drawn['param_fraction']:.2%} of unit parameters.", className="muted", id="iv-point-control")
     return html.Div([
         html.H3(f"Replies at {selection['label']}: {selection['units']:,} units, {selection['param_fraction']:.2%} of "
                 "unit parameters", id="iv-point-title"),
+        about,
         html.Table([html.Thead(html.Tr([html.Th(h, className="num" if i else None) for i, h in enumerate(head)])),
                     html.Tbody(rows)], className="table metrics-table", id="iv-point-metrics"),
         html.Div(_generations(generations, "all", True), id="iv-point-generations"),

@@ -248,7 +248,9 @@ class SweepCreate(Strict):
     eval: EvalIn = EvalIn()
     reference: Reference | None = None
     thresholds: ThresholdsIn | None = Field(None, description="the other roles' thresholds; default: the run's")
-    controls: bool = Field(False, description="also a random set of each point's mass at the same reference")
+    controls: Annotated[int, Field(ge=0, le=20)] | bool = Field(
+        0, description="random sets of each point's mass at the same reference, drawn as a band: 0 (none) or 5 to 20 "
+                       "seeds (seeds after `seed`, distinct per point); true, from clients made before bands, means 5")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @field_validator("fractions")
@@ -257,6 +259,13 @@ class SweepCreate(Strict):
         if any(not 0 < f <= 1 for f in fractions):
             raise ValueError("every fraction must be in (0, 1]")
         return sorted(set(fractions))
+
+    @field_validator("controls")
+    @classmethod
+    def _band(cls, controls: int | bool) -> int:
+        from backend.verbs import sweep_controls
+
+        return sweep_controls(controls)
 
 
 class EstimateCreate(Strict):

@@ -176,18 +176,29 @@ def paired_changes(before: SafetyReport, after: SafetyReport) -> dict:
     return out
 
 
-def control_band(units: pd.DataFrame, measured: Sequence[tuple[int, pd.DataFrame, Measures]]) -> dict:
-    """Random controls as a band: each headline rate's mean, lowest and highest over the seeds, and each seed's
-    own counts."""
-    band = {}
-    for key in ("asr", "over_refusal", "off_topic", "degenerate"):
-        rates = [m.counts[key]["rate"] for _, _, m in measured if m.counts[key]["rate"] is not None]
-        band[key] = ({"mean": sum(rates) / len(rates), "min": min(rates), "max": max(rates)} if rates
-                     else {"mean": None, "min": None, "max": None})
+def control_band(units: pd.DataFrame, measured: Sequence[tuple[int, pd.DataFrame, Measures]], of: str = "") -> dict:
+    """Random controls as a band: each headline rate's mean, lowest and highest over the seeds (and utility's, when
+    measured), the mean of every rate (`measures`), and each seed's own counts and parameter share. `of` names what
+    the controls match, for the selection's label."""
+    def spread(values: list) -> dict:
+        values = [v for v in values if v is not None]
+        return ({"mean": sum(values) / len(values), "min": min(values), "max": max(values)} if values
+                else {"mean": None, "min": None, "max": None})
+
+    band = {key: spread([m.counts[key]["rate"] for _, _, m in measured])
+            for key in ("asr", "over_refusal", "off_topic", "degenerate")}
+    if any(m.utility_exact_match is not None for _, _, m in measured):
+        band["utility_exact_match"] = spread([m.utility_exact_match for _, _, m in measured])
+    means = {key: spread([getattr(m, key) for _, _, m in measured])["mean"]
+             for key in ("asr", "over_refusal", "degenerate_rate", "off_topic_rate", "utility_exact_match",
+                         "utility_nll")}
     first = measured[0][1]
-    return {"seeds": [seed for seed, _, _ in measured],
-            "selection": asdict(describe_selection(units, first, f"random ({len(measured)} seeds)")),
-            "band": band, "per_seed": [{"seed": seed, "counts": m.counts} for seed, _, m in measured]}
+    label = f"random ({of + ', ' if of else ''}{len(measured)} seeds)"
+    return {"seeds": [seed for seed, _, _ in measured], "selection": asdict(describe_selection(units, first, label)),
+            "measures": means, "band": band,
+            "per_seed": [{"seed": seed, "counts": m.counts, "units": len(chosen),
+                          "param_fraction": describe_selection(units, chosen, "").param_fraction}
+                         for seed, chosen, m in measured]}
 
 
 def refusal_estimate(loaded: LoadedModel, harmful: Sequence[str], benign: Sequence[str], *,

@@ -141,7 +141,7 @@ def preview_task(ctx: Context, job, progress: Reporter) -> Outcome:
 
 def sweep_task(ctx: Context, job, progress: Reporter) -> Outcome:
     stored = job.request
-    points = len(stored["fractions"]) * (2 if stored.get("controls") else 1)
+    points = len(stored["fractions"]) * (1 + verbs.sweep_controls(stored.get("controls", 0)))
     progress.set_plan([("loading", 1), ("baseline", 4), *[(f"point {i + 1}/", 4) for i in range(points)]])
     run = _run(ctx, job.run_id)
     request = verbs.SweepRequest.from_dict({**stored, "model": run.model_path, "run": _run_folder(ctx, run),

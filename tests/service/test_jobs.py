@@ -6,7 +6,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from servicekit import API, run_body, settings_in
+from servicekit import API, bad_fields, run_body, settings_in
 
 from backend.api.app import create_app
 from backend.jobs.context import Context, ModelCache
@@ -45,7 +45,7 @@ def test_an_attribution_and_a_preview_run_through_the_workers_code(roots, tmp_pa
     assert all(side["reason"] for g in result["generations"] for side in (g["baseline"], g["pruned"]))
 
 
-@pytest.mark.slow  # three jobs on a tiny model, one of them four generations
+@pytest.mark.slow  # three jobs on a tiny model, one of them thirteen generations
 def test_a_sweep_is_one_job_whose_points_share_the_unpruned_replies(roots, tmp_path):
     settings = settings_in(tmp_path, roots, runner="none")
     client = TestClient(create_app(settings))
@@ -54,8 +54,11 @@ def test_a_sweep_is_one_job_whose_points_share_the_unpruned_replies(roots, tmp_p
     run_job(ctx, claim(ctx.sessions, "test"))
     evaluation = {"harmful": ["harmful.jsonl"], "benign": ["benign.jsonl"], "limit": 2, "max_new_tokens": 5,
                   "judge": "keyword"}
-    body = {"group": "SCU", "fractions": [0.05, 0.02], "eval": evaluation, "controls": True}
+    body = {"group": "SCU", "fractions": [0.05, 0.02], "eval": evaluation, "controls": 5}
+    few = client.post(f"{API}/runs/{accepted['id']}/sweeps", json={**body, "controls": 3})
+    assert bad_fields(few) == ["body.controls"] and "at least 5" in few.json()["detail"][0]["msg"]
     sweep = client.post(f"{API}/runs/{accepted['id']}/sweeps", json=body).json()
+    assert client.get(f"{API}/jobs/{sweep['id']}").json()["request"]["controls"] == 5
     preview = client.post(f"{API}/runs/{accepted['id']}/previews",
                           json={"prune": {"groups": ["SCU"]}, "eval": evaluation}).json()
     estimate = client.post(f"{API}/runs/{accepted['id']}/estimates",
@@ -68,6 +71,9 @@ def test_a_sweep_is_one_job_whose_points_share_the_unpruned_replies(roots, tmp_p
     assert [p["fraction"] for p in result["points"]] == [0.02, 0.05]  # sorted
     shares = [p["selection"]["param_fraction"] for p in result["points"]]
     assert shares[0] < shares[1] and all(p["control"]["selection"]["param_fraction"] > 0 for p in result["points"])
+    seeds = [p["control"]["seeds"] for p in result["points"]]
+    assert seeds == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]] and result["settings"]["controls"] == 5
+    assert all(b["min"] <= b["mean"] <= b["max"] for p in result["points"] for b in p["control"]["band"].values())
     assert all(len(p["replies"]) == len(result["prompts"]) == 4 for p in result["points"])
     # the preview after it reads the same unpruned replies (generated once, kept by model, prompts and decoding)
     replies = [r["reply"] for r in result["baseline_replies"]]
@@ -78,6 +84,8 @@ def test_a_sweep_is_one_job_whose_points_share_the_unpruned_replies(roots, tmp_p
     assert probe["baseline"]["harmful"]["n"] == 2 and 0 <= probe["pruned"]["benign"]["mean"] <= 1
     bad = client.post(f"{API}/runs/{accepted['id']}/sweeps", json={**body, "fractions": [0.0]})
     assert bad.status_code == 422
+    older = client.post(f"{API}/runs/{accepted['id']}/sweeps", json={**body, "controls": True}).json()
+    assert client.get(f"{API}/jobs/{older['id']}").json()["request"]["controls"] == 5  # a client before bands
 
 
 def test_running_out_of_gpu_memory_says_how_much_was_asked_and_what_to_change():

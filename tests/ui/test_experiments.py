@@ -55,9 +55,11 @@ def test_a_job_is_summed_up_in_one_line_with_a_link_that_reopens_it():
                   "thresholds": {"h_ru": 0.1, "h_scu": 0.02, "h_ucu": 0.05}}, "sets": sets, "controls": 5}}
     assert job_summary(preview) == ("prune SCU,CU:0.06 · safety mean · roles at 0.1 / 0.02 / 0.05 · advbench-eval + "
                                     "benign.jsonl · 10 prompts each · 48 new tokens · 5 random controls")
-    sweep = {"id": "s1", "kind": "sweep", "request": {"group": "SCU", "fractions": [0.005, 0.01], "controls": True,
+    sweep = {"id": "s1", "kind": "sweep", "request": {"group": "SCU", "fractions": [0.005, 0.01], "controls": 5,
                                                       "sets": sets}}
-    assert job_summary(sweep).startswith("SCU at 0.50%, 1.00% · with random controls")
+    assert job_summary(sweep).startswith("SCU at 0.50%, 1.00% · 5 random controls per point")
+    older = {**sweep, "request": {**sweep["request"], "controls": True}}  # one random set per point, before bands
+    assert job_summary(older).startswith("SCU at 0.50%, 1.00% · with random controls")
     finetune = {"id": "f1", "kind": "finetune", "request": {"freeze": {"groups": ["SCU"], "cu_fraction": 0},
                                                             "data": "benign-answers", "steps": 20}}
     assert job_summary(finetune) == "freeze SCU · benign-answers · 20 steps"

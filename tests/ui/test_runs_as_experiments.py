@@ -1,8 +1,8 @@
 """Runs as experiments, in headless Chromium against the real service: runs named and filtered with their models and
 lineage, compared by ticking two; a run's identity edited and its history reopened; a sweep in one job with its
-random control and its points' replies; a preview that shows its instant estimate until its replies are judged;
-exports and Python that follow the view's thresholds; the form slips of issue 24; and the HTML report, opened with
-no network. Screenshots go to test-artifacts/ui/."""
+random control as a band of five seeds and its points' replies; a preview that shows its instant estimate until its
+replies are judged; exports and Python that follow the view's thresholds; the form slips of issue 24; and the HTML
+report, opened with no network. Screenshots go to test-artifacts/ui/."""
 from __future__ import annotations
 
 import contextlib
@@ -209,12 +209,16 @@ def test_a_sweep_is_one_job_drawn_with_its_random_control_and_a_point_opens_its_
     driver.find_element(By.ID, "iv-sweep-start").click()
     names = wait_until(lambda: (g := graph(driver, "iv-sweep")) and "random control" in " ".join(g["names"])
                        and g["names"], 240, "the sweep drawn with its random control")
-    assert "ASR: SCU pruned" in names and "ASR: random control" in names
+    assert "ASR: SCU pruned" in names and "ASR: random control" in names  # the mean, dotted
+    assert "ASR: random control, range" in names  # shaded from the lowest seed to the highest
+    assert graph(driver, "iv-sweep")["title"].endswith("against 5 random controls")
     assert len(jobs_of(api, base["id"], "sweep")) == sweeps + 1  # one job for the whole sweep
     assert len(jobs_of(api, base["id"], "preview")) == previews  # not a preview per point
     sweep_id = query_of(driver)["sweep"]
     result = api.get(f"/jobs/{sweep_id}").json()["result"]
-    assert [p["fraction"] for p in result["points"]] == [0.01, 0.05] and all(p["control"] for p in result["points"])
+    assert [p["fraction"] for p in result["points"]] == [0.01, 0.05]
+    assert api.get(f"/jobs/{sweep_id}").json()["request"]["controls"] == 5
+    assert [len(p["control"]["seeds"]) for p in result["points"]] == [5, 5]
     screenshot(driver, "sweep")
 
     # a click on the first pruned point of the ASR line opens its replies
@@ -235,6 +239,10 @@ def test_a_sweep_is_one_job_drawn_with_its_random_control_and_a_point_opens_its_
     assert first[1].find_element(By.CSS_SELECTOR, ".verdict-word").text.lower() == \
         result["points"][0]["replies"][0]["verdict"]  # drawn in capitals
     assert "random control" in driver.find_element(By.ID, "iv-point-metrics").text
+    band = result["points"][0]["control"]["band"]["asr"]
+    assert driver.find_element(By.ID, "iv-point-control-asr").text == \
+        f"mean {band['mean']:.0%}, range {band['min']:.0%}-{band['max']:.0%}, 5 seeds"
+    assert "seeds 1, 2, 3, 4, 5" in driver.find_element(By.ID, "iv-point-control").text
     screenshot(driver, "sweep-point")
     driver.refresh()
     assert "SCU at h_scu 0.01" in wait_until(lambda: driver.find_element(By.ID, "iv-point-title").text, 30,
@@ -293,7 +301,7 @@ def test_the_history_lists_every_job_of_a_run_and_reopens_it(service, token, api
     assert "freeze SCU · utility.jsonl · 12 steps" in tune.text and "succeeded" in tune.text
     sweep = next(j for j in jobs if j["kind"] == "sweep")
     row = table.find_element(By.CSS_SELECTOR, f"tr[data-job='{sweep['id']}']")
-    assert "SCU at 1.00%, 5.00% · with random controls" in row.text
+    assert "SCU at 1.00%, 5.00% · 5 random controls per point" in row.text
     screenshot(driver, "run-history")
     row.find_element(By.CSS_SELECTOR, "a.history-link").click()
     wait_until(lambda: urlsplit(driver.current_url).path == f"/runs/{base['id']}/intervene", 30, "the intervene page")
