@@ -7,6 +7,8 @@ import math
 import random
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -167,6 +169,30 @@ def test_full_alignment_trains_everything_and_budget_only_redundant_units(tiny_m
             assert torch.equal(p, before[name]), name
 
 
+def test_the_budget_is_the_papers_utility_only_score_and_the_two_set_roles_are_an_alternative():
+    from backend.engine.roles import Thresholds, reclassify
+    from backend.recipes.align import utility_only_budget
+
+    rng = np.random.default_rng(3)
+    n = 400
+    z_safety = rng.standard_normal(n)
+    units = pd.DataFrame({"layer": np.repeat(np.arange(4), n // 4), "module": np.tile(["attn"] * 10 + ["mlp"] * 90, 4),
+                          "unit": np.tile(np.r_[np.arange(10), np.arange(90)], 4),
+                          "params": np.tile([96] * 10 + [24] * 90, 4), "z_safety": z_safety,
+                          "z_utility": 0.6 * z_safety + 0.8 * rng.standard_normal(n)})
+    chosen = utility_only_budget(units, 0.2)
+    # independently: sort by z_U (stable, canonical order), take units until their parameters reach 20%
+    ordered = units.reset_index(drop=True).sort_values("z_utility", kind="stable")
+    reach = ordered.params.cumsum().searchsorted(0.2 * units.params.sum()) + 1
+    expected = set(ordered.index[:reach])
+    assert set(chosen.index[chosen.role == "RU"]) == expected and set(chosen.role) == {"RU", "CU"}
+    share = units.params[chosen.role == "RU"].sum() / units.params.sum()
+    assert 0.2 <= share < 0.2 + units.params.max() / units.params.sum()
+    both = reclassify(units, Thresholds(h_ru=0.2))
+    assert set(both.index[both.role == "RU"]) != expected  # the alternative ranks by z_S + z_U
+    assert AlignConfig(mode="budget").budget_score == "utility" and AlignConfig(mode="budget").h_ru == 0.2
+
+
 def test_lowrank_alignment_changes_each_linear_map_by_a_low_rank_matrix(tiny_model_path):
     loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
@@ -314,7 +340,8 @@ def test_bad_alignment_settings_are_named():
                        ({"h_ru": 1.5}, "h_ru"), ({"steps": 0}, "steps"), ({"limit": 0}, "limit"),
                        ({"mode": "lowrank", "rank": 0}, "rank"), ({"rank": 8}, "rank is for mode lowrank"),
                        ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr"),
-                       ({"strength": 0}, "strength"), ({"strength": 1.5}, "strength")):
+                       ({"strength": 0}, "strength"), ({"strength": 1.5}, "strength"),
+                       ({"budget_score": "safety"}, "budget_score")):
         with pytest.raises(ValueError, match=field):
             AlignConfig(**bad)
     # a mode's defaults: its learning rate, and a rank only where there is one
@@ -640,7 +667,8 @@ def test_reproduce_writes_every_table_and_keeps_a_written_discussion(tiny_model_
         assert heading in text
     for row in ("| SCU |", "| UCU |", "| RU |", "| random, 2 seeds |", "| freeze SCU + top 6% of CU |",
                 "| freeze random units (SCU + 6% CU's mass) |",
-                "| budget |", "| full, as a DARE delta keeping 50% of entries |", "| lowrank (rank 2) |"):
+                "| budget (0.3 of unit params, lowest z_U: the paper's) |",
+                "| full, as a DARE delta keeping 50% of entries |", "| lowrank (rank 2) |"):
         assert row in text, row
     assert text.rstrip().endswith("What the numbers mean, written by hand.")
     # the steps are cached: a second run recomputes nothing and writes the same tables

@@ -36,8 +36,11 @@ def register(sub) -> None:
     al.add_argument("--steps", type=positive("--steps", 100_000), default=150)
     al.add_argument("--lr", type=float, default=None, help="default 5e-5 (full), 2e-4 (budget) or 5e-4 (lowrank)")
     al.add_argument("--batch-size", type=positive("--batch-size", 1024), default=8)
-    al.add_argument("--h-ru", type=fraction("--h-ru"), default=0.1,
-                    help="budget mode: RU's share of unit parameters in the base model's attribution")
+    al.add_argument("--h-ru", type=fraction("--h-ru"), default=0.2,
+                    help="budget mode: the trained units' share of unit parameters in the base model (default 0.2)")
+    al.add_argument("--budget-score", choices=["utility", "both"], default="utility",
+                    help="budget mode: which units are redundant: utility (the paper's: lowest utility importance "
+                         "z_U) or both (an alternative: the RU role, lowest z_S + z_U)")
     al.add_argument("--benign-share", type=fraction("--benign-share"), default=0.5,
                     help="share of benign (answered) examples in the training mix")
     al.add_argument("--strength", type=fraction("--strength"), default=1.0,
@@ -119,7 +122,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.delta_keep is not None and not 0 < args.delta_keep < 1:
         raise ValueError(f"--delta-keep must be above 0 and below 1, got {args.delta_keep:g}")
     config = AlignConfig(mode=args.mode, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         held_out=args.held_out, h_ru=args.h_ru, rank=args.rank, benign_share=args.benign_share,
+                         held_out=args.held_out, h_ru=args.h_ru, budget_score=args.budget_score, rank=args.rank,
+                         benign_share=args.benign_share,
                          strength=args.strength, teacher=args.teacher, benign_distil=args.benign_distil,
                          anchor=args.anchor, limit=args.train_limit)
     delta = DeltaForm(args.delta, bits=args.delta_bits, keep=args.delta_keep) if args.delta else None

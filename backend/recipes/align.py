@@ -32,6 +32,7 @@ from .align_data import (  # noqa: F401  (re-exported: the training data's parts
 from .align_eval import EVALUATION_CACHE_VERSION, evaluate_alignment, evaluation_sets, targets  # noqa: F401
 
 HELD_OUT_SOURCES = ("donotanswer", "harmbench")
+BUDGET_SCORES = ("utility", "both")  # which units the alignment budget trains: AlignConfig.budget_score
 DEFAULT_LR = {"full": 5e-5, "budget": 2e-4, "lowrank": 5e-4}  # by mode: what worked on SmolLM2-135M (docs/results.md)
 DEFAULT_RANK = 32  # lowrank mode: 19.7 MB of delta on SmolLM2-135M
 ALIGN_MODES = tuple(DEFAULT_LR)
@@ -39,8 +40,10 @@ ALIGN_MODES = tuple(DEFAULT_LR)
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """How to align. `mode` full trains every parameter; budget trains only the units of `budget_groups` (RU by
-    default) found by attributing the base model at `h_ru`; lowrank trains a rank-`rank` change of every decoder
+    """How to align. `mode` full trains every parameter; budget trains only the base model's redundant units:
+    with `budget_score` "utility" (the paper's), the units of least utility importance (lowest z_U) that make up
+    `h_ru` of the unit parameters; with "both" (an alternative), the units of `budget_groups` (RU by default) of
+    the roles at `h_ru` (RU then is the bottom of z_S + z_U); lowrank trains a rank-`rank` change of every decoder
     linear map (and the norms), so the whole change ships as a small delta. `held_out` names the harmful source
     left out of training entirely (evaluated as an unseen source). `lr` None is the mode's DEFAULT_LR, `rank` None
     DEFAULT_RANK in lowrank mode (the other modes have no rank). `strength` scales the learned change before the
@@ -63,7 +66,8 @@ class AlignConfig:
     seed: int = 0
     held_out: str = "harmbench"
     budget_groups: str = "RU"
-    h_ru: float = 0.1
+    budget_score: str = "utility"
+    h_ru: float = 0.2
     rank: int | None = None
     attribution_samples: int = 128
     answer_tokens: int = 96
@@ -85,6 +89,8 @@ class AlignConfig:
             raise ValueError(f"rank is for mode lowrank; mode {self.mode} has no rank")
         if self.held_out not in HELD_OUT_SOURCES:
             raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_SOURCES)}, got {self.held_out!r}")
+        if self.budget_score not in BUDGET_SCORES:
+            raise ValueError(f"budget_score must be one of {', '.join(BUDGET_SCORES)}, got {self.budget_score!r}")
         if not 0 < self.benign_share < 1:
             raise ValueError(f"benign_share must be between 0 and 1, got {self.benign_share}")
         if not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
@@ -108,21 +114,35 @@ class AlignConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 
 
+def utility_only_budget(units, fraction: float):
+    """The paper's alignment budget: a copy of a units table whose `role` is RU for the units of lowest utility
+    importance (z_U, ties in canonical order) that first reach `fraction` of the unit parameters, CU for the rest."""
+    from backend.engine.roles import bottom
+
+    out = units.copy()
+    chosen = bottom(units.z_utility.to_numpy(), units.params.to_numpy(), fraction)
+    out["role"] = ["RU" if c else "CU" for c in chosen]
+    return out
+
+
 def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, units=None):
-    """Train-only masks of the base model's `budget_groups`: from `units` (a run of this model) when given, else
-    from an attribution on advbench-refusals / benign-answers at `h_ru`. Returns (masks, roles per unit count)."""
+    """Train-only masks of the base model's redundant units (AlignConfig.budget_score says which): from `units` (a
+    run of this model) when given, else from an attribution on advbench-refusals / benign-answers. Returns (masks,
+    units per role as trained)."""
     from backend.engine.attribution import attribute_builtin
     from backend.engine.interventions import GroupSpec
     from backend.engine.masks import trainable_masks
-    from backend.engine.roles import Thresholds
+    from backend.engine.roles import Thresholds, reclassify
 
-    if units is not None:
-        masks = trainable_masks(loaded, units, train_only=GroupSpec.parse(config.budget_groups))
-        return masks, {str(k): int(v) for k, v in units.role.value_counts().sort_index().items()}
-    samples = min(config.attribution_samples, config.limit or config.attribution_samples)
-    run = attribute_builtin(loaded, samples=samples, seed=config.seed, thresholds=Thresholds(h_ru=config.h_ru),
-                            progress=progress)
-    return trainable_masks(loaded, run.units, train_only=GroupSpec.parse(config.budget_groups)), run.manifest["roles"]
+    if units is None:
+        samples = min(config.attribution_samples, config.limit or config.attribution_samples)
+        units = attribute_builtin(loaded, samples=samples, seed=config.seed, progress=progress).units
+    if config.budget_score == "utility":
+        units, groups = utility_only_budget(units, config.h_ru), "RU"
+    else:
+        units, groups = reclassify(units, Thresholds(h_ru=config.h_ru)), config.budget_groups
+    masks = trainable_masks(loaded, units, train_only=GroupSpec.parse(groups))
+    return masks, {str(k): int(v) for k, v in units.role.value_counts().sort_index().items()}
 
 
 def align(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None, *, units=None) -> dict:

@@ -408,6 +408,11 @@ def markdown(sections: dict, config: ReproConfig, command: str, timings: dict) -
             sets = r["aligned"]["sets"]
             held = r["config"]["held_out"]
             label = f"{mode} (rank {r['config'].get('rank')})" if r["config"].get("mode") == "lowrank" else mode
+            if r["config"].get("mode") == "budget":  # which units: the paper's utility-only score, or the roles
+                score = r["config"].get("budget_score", "both")  # reports made before the option ranked by both
+                label += (f" ({r['config'].get('h_ru', 0.1):g} of unit params, lowest z_U: the paper's)"
+                          if score == "utility" else f" (RU of z_S + z_U at h_RU {r['config'].get('h_ru', 0.1):g}: "
+                                                      "an alternative)")
             label += _delta_label(r.get("delta"))
             out.append(f"| {label} | {r['trainable']:,} | {_pct(sets['advbench-eval']['asr'])} | "
                        f"{_pct(sets['donotanswer']['asr'])} | {_pct(sets[held]['asr'])} ({held}) | "
