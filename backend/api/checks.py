@@ -291,7 +291,11 @@ def check_align(body: AlignCreate, units, settings: Settings) -> dict:
                       "max_new_tokens")
     if body.rank is not None and body.mode != "lowrank":
         raise bad_field(("body", "rank"), f"rank is for mode lowrank; mode {body.mode} has no rank")
-    if body.mode == "budget":
+    if body.mode == "budget" and body.budget_score == "utility" and body.budget_groups != "RU":
+        raise bad_field(("body", "budget_groups"), "budget_groups choose units by the run's roles: give "
+                                                   "budget_score both with them (budget_score utility trains the "
+                                                   "lowest z_U units making up h_ru of the parameters)")
+    if body.mode == "budget" and body.budget_score == "both":
         try:
             chosen = choose(units, GroupSpec.parse(body.budget_groups), seed=body.seed)
         except InterventionError as error:

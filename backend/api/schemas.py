@@ -301,12 +301,19 @@ class AlignEvalIn(Strict):
 
 
 class AlignCreate(Strict):
-    """Safety-align the run's model (engine.align): `full` trains every parameter, `budget` only the units of the
-    run's `budget_groups` (RU by default: the paper's alignment budget, taken from this run's roles), `lowrank` a
-    rank-`rank` change of every decoder linear map."""
+    """Safety-align the run's model (engine.align): `full` trains every parameter, `budget` only its redundant
+    units (the paper's alignment budget: with `budget_score` utility, the units of lowest z_U in this run making up
+    `h_ru` of the unit parameters; with `both`, the run's own `budget_groups`), `lowrank` a rank-`rank` change of
+    every decoder linear map."""
 
     mode: Literal["full", "budget", "lowrank"] = "budget"
-    budget_groups: str = Field("RU", min_length=1, max_length=64, description="e.g. RU, or RU,CU:0.05")
+    budget_score: Literal["utility", "both"] = Field("utility", description="budget mode: utility (the paper's: "
+                                                     "lowest utility importance) or both (the run's RU role, "
+                                                     "lowest z_S + z_U, or budget_groups)")
+    h_ru: float = Field(0.2, gt=0, le=1, description="budget mode with budget_score utility: the trained units' "
+                        "share of unit parameters")
+    budget_groups: str = Field("RU", min_length=1, max_length=64, description="budget_score both: e.g. RU, or "
+                               "RU,CU:0.05")
     rank: int | None = Field(None, ge=1, le=4096, description="lowrank mode: rank of each change (default 32)")
     steps: int = Field(150, ge=1)
     lr: float | None = Field(None, gt=0, le=1, description="default 5e-5 (full), 2e-4 (budget) or 5e-4 (lowrank)")

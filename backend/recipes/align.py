@@ -134,13 +134,15 @@ def budget_masks(loaded: LoadedModel, config: AlignConfig, progress: Progress | 
     from backend.engine.masks import trainable_masks
     from backend.engine.roles import Thresholds, reclassify
 
-    if units is None:
+    given = units is not None
+    if not given:
         samples = min(config.attribution_samples, config.limit or config.attribution_samples)
         units = attribute_builtin(loaded, samples=samples, seed=config.seed, progress=progress).units
     if config.budget_score == "utility":
         units, groups = utility_only_budget(units, config.h_ru), "RU"
-    else:
-        units, groups = reclassify(units, Thresholds(h_ru=config.h_ru)), config.budget_groups
+    else:  # a given run keeps its own roles; an attribution made here takes its RU at h_ru
+        units = units if given else reclassify(units, Thresholds(h_ru=config.h_ru))
+        groups = config.budget_groups
     masks = trainable_masks(loaded, units, train_only=GroupSpec.parse(groups))
     return masks, {str(k): int(v) for k, v in units.role.value_counts().sort_index().items()}
 

@@ -11,6 +11,8 @@ import pytest
 from contract import check_run_folder
 from servicekit import API, PAUSE_AT, bad_fields, release, run_body, serve, settings_in, wait, wait_paused
 
+from backend.engine.judge import VERDICTS
+
 pytestmark = pytest.mark.slow  # a served app with a spawned worker
 
 
@@ -145,7 +147,7 @@ def test_a_preview_puts_baseline_and_pruned_generations_side_by_side(client, run
     assert len(rows) == 4 and {r["set"] for r in rows} == {"harmful.jsonl", "benign.jsonl"}
     for row in rows:
         for side in ("baseline", "pruned"):
-            assert row[side]["verdict"] in ("refused", "complied", "degenerate") and isinstance(row[side]["reply"], str)
+            assert row[side]["verdict"] in VERDICTS and isinstance(row[side]["reply"], str)
     listed = client.get(f"{API}/jobs", params={"run_id": run["id"], "kind": "preview"}).json()
     assert accepted.json()["id"] in [j["id"] for j in listed["data"]]
 
@@ -185,8 +187,11 @@ def test_an_alignment_job_trains_only_the_runs_redundant_units_and_reports_its_t
     assert len(report["targets"]) == 6
     model = Path(report["model"])
     assert model.parent == runs_dir / "finetunes" and (model / "alignment.json").is_file()
-    # only the run's RU moved: every row/column that changed belongs to an RU unit
-    units = pd.read_parquet(runs_dir / run["id"] / "units.parquet")
+    # only the budget moved: every row/column that changed belongs to a unit of lowest z_U (0.2 of the parameters)
+    from backend.recipes.align import utility_only_budget
+
+    units = utility_only_budget(pd.read_parquet(runs_dir / run["id"] / "units.parquet"), 0.2)
+    assert report["config"]["budget_score"] == "utility" and report["config"]["h_ru"] == 0.2
     base = load_file(str(roots.models / roots.model / "model.safetensors"))
     new = load_file(str(model / "model.safetensors"))
     changed = {name for name in base if not np.array_equal(base[name].numpy(), new[name].numpy())}
@@ -293,6 +298,9 @@ def test_bad_preview_and_finetune_fields_are_named(client, run, roots):
     assert bad_fields(client.post(alignments, json={"mode": "partial"})) == ["body.mode"]
     assert bad_fields(client.post(alignments, json={"steps": 10**9})) == ["body.steps"]
     assert bad_fields(client.post(alignments, json={"budget_groups": "XYZ"})) == ["body.budget_groups"]
+    assert bad_fields(client.post(alignments, json={"budget_score": "both", "budget_groups": "XYZ"})) == \
+        ["body.budget_groups"]
+    assert bad_fields(client.post(alignments, json={"budget_score": "safety"})) == ["body.budget_score"]
     assert bad_fields(client.post(alignments, json={"mode": "full", "rank": 8})) == ["body.rank"]
     assert bad_fields(client.post(alignments, json={"mode": "lowrank", "rank": 0})) == ["body.rank"]
     assert bad_fields(client.post(alignments, json={"strength": 1.5})) == ["body.strength"]
