@@ -256,6 +256,21 @@ def test_first_token_refusal_matches_a_plain_computation(tiny, arch):
     assert ((got > 0) & (got < 1)).all()
 
 
+@pytest.mark.parametrize("arch", archs(["llama-gqa", "gpt2", "gpt_neox", "qwen2"]))
+def test_the_shared_prompt_prefix_is_run_once_and_changes_no_probability(tiny, arch, monkeypatch):
+    loaded = tiny(arch)
+    preamble = "You are reading a long and careful preamble that every request of this batch shares word for word. "
+    prompts = [preamble + p for p in PROMPTS]
+    runs = []
+    real = evaluation._prefix_cache
+    monkeypatch.setattr(evaluation, "_prefix_cache", lambda lm, prefix: runs.append(len(prefix)) or real(lm, prefix))
+    shared = first_token_refusal(loaded, prompts, batch_size=2)
+    assert len(runs) == 1 and runs[0] >= 16  # one forward of the shared tokens for all three batches
+    monkeypatch.setattr(evaluation, "PREFIX_MIN_TOKENS", 10**9)
+    plain = first_token_refusal(loaded, prompts, batch_size=2)
+    np.testing.assert_allclose(shared, plain, rtol=1e-4, atol=1e-6)
+
+
 def _plain_nll(loaded, pair: Pair) -> tuple[float, int]:
     enc = encode_pairs(loaded.tokenizer, [pair])[0]
     ids = torch.tensor([enc.input_ids])

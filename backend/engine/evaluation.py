@@ -2,6 +2,7 @@
 first-token refusal probe, and utility (exact match, answer likelihood, fact accuracy)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -263,28 +264,78 @@ def refusal_first_tokens(tokenizer, starts: Sequence[str] = REFUSAL_STARTS) -> l
     return ids
 
 
+PREFIX_MIN_TOKENS = 8  # a shared prompt prefix this long or longer is run once (the chat template's system turn)
+
+
 @torch.no_grad()
 def first_token_refusal(loaded: LoadedModel, prompts: Sequence[str], *, batch_size: int = 8,
                         starts: Sequence[str] = REFUSAL_STARTS, progress: Progress | None = None,
                         phase: str = "first-token refusal") -> np.ndarray:
     """Per prompt, the probability at the first response position of a token that opens a refusal (an estimate,
-    see REFUSAL_STARTS); one batched forward with left padding, no generation."""
+    see REFUSAL_STARTS); batched forwards with left padding, no generation. The tokens every prompt starts with
+    (the chat template's system turn: 22 of a SmolLM2 prompt's 30 template tokens) are run once and their keys and
+    values reused by every batch, which halves the work on short prompts; the probabilities are those of the plain
+    forward (tests/test_evaluation.py)."""
     tokenizer = loaded.tokenizer
     token_ids = torch.tensor(refusal_first_tokens(tokenizer, starts), dtype=torch.long)
-    encoded = encode_pairs(tokenizer, [Pair(p, "") for p in prompts])
+    rows = [e.input_ids for e in encode_pairs(tokenizer, [Pair(p, "") for p in prompts])]
+    shared = _shared_prefix(rows)
+    prefix = _prefix_cache(loaded, rows[0][:shared]) if shared >= PREFIX_MIN_TOKENS else None
+    if prefix is None:
+        shared = 0
     out = np.zeros(len(prompts), dtype=np.float64)
-    plan = batches(encoded, batch_size)
+    longest_first = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # as `batches` orders encoded pairs
+    plan = [longest_first[k:k + batch_size] for k in range(0, len(rows), batch_size)]
     for step, idx in enumerate(plan):
-        rows = [encoded[i].input_ids for i in idx]
-        ids, attention, positions, _ = pad_batch(rows, [[True] * len(r) for r in rows], _pad_id(tokenizer),
-                                                 "left", loaded.device)
-        logits = loaded.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                              use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        ids, attention, positions, _ = pad_batch([rows[i][shared:] for i in idx], [[True] * (len(rows[i]) - shared)
+                                                                                   for i in idx],
+                                                 _pad_id(tokenizer), "left", loaded.device)
+        extra = {}
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(idx))
+            attention = torch.cat([attention.new_ones(len(idx), shared), attention], dim=1)
+            extra = {_cache_argument(loaded.model): cache, "use_cache": True}
+            positions = positions + shared
+        else:
+            extra = {"use_cache": False}
+        logits = loaded.model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
+                              **extra).logits[:, -1].float()
         mass = logits.softmax(-1)[:, token_ids.to(logits.device)].sum(-1)
         out[idx] = mass.double().cpu().numpy()
         if progress:
             progress(phase, step + 1, len(plan))
     return out
+
+
+def _shared_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row has in common, leaving each row at least one token of its own."""
+    if not rows:
+        return 0
+    shortest = min(len(r) for r in rows) - 1
+    n = 0
+    while n < shortest and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def _prefix_cache(loaded: LoadedModel, prefix: Sequence[int]):
+    """The keys and values of a shared prefix (one sequence), or None where the model keeps no reusable cache."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=loaded.device)
+    try:
+        out = loaded.model(input_ids=ids, use_cache=True)
+    except (TypeError, ValueError):
+        return None
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return cache if hasattr(cache, "batch_repeat_interleave") else None
+
+
+def _cache_argument(model) -> str:
+    """The name a model's forward takes its key/value cache by (`cache` in transformers 5.24 and later)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 # ---------------------------------------------------------------------------------------------------------------
