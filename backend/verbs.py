@@ -368,7 +368,8 @@ def estimate(request: EstimateRequest, *, models: Models | None = None, progress
     if progress:
         progress("probing first tokens", 0, 1)
     every = [[p for ps in sets.values() for p in ps] for sets in (harmful, benign)]
-    return refusal_estimate(loaded, *every, run=run, selection=selection, batch_size=r.sets.batch_size)
+    return refusal_estimate(loaded, *every, run=run, selection=selection, batch_size=r.sets.batch_size,
+                            cache=baseline_cache())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -70,3 +70,27 @@ def test_the_control_is_a_band_of_five_to_twenty_seeds_or_none():
         SweepRequest(model="m", run="r", controls=3)
     with pytest.raises(InterventionError, match="how many random sets"):  # refused before any model is touched
         sweep(None, None, "SCU", [0.01], HARMFUL, BENIGN, controls=True, judge="keyword")
+
+
+def test_the_estimate_keeps_the_unpruned_probabilities_and_probes_only_the_pruned_model_again(
+        tiny_model_path, safety_pairs, utility_pairs, tmp_path, monkeypatch):
+    from backend.engine import evaluation
+    from backend.engine.preview import refusal_estimate
+    from backend.engine.sweep import group_at
+
+    loaded = load_model(str(tiny_model_path("llama-gqa")), device="cpu", dtype="float32")
+    attribute(loaded, safety_pairs, utility_pairs, batch_size=4).save(tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    selection = group_at(run.units, Thresholds(), "SCU", 0.05)
+    harmful, benign = HARMFUL["harmful"], BENIGN["benign"]
+    probed = []
+    real = evaluation.first_token_refusal
+    monkeypatch.setattr(evaluation, "first_token_refusal", lambda lm, prompts, **kw: probed.append(len(prompts))
+                        or real(lm, prompts, **kw))
+    first = refusal_estimate(loaded, harmful, benign, run=run, selection=selection, cache=tmp_path / "cache")
+    assert probed == [len(harmful), len(benign)] * 2  # unpruned, then pruned
+    probed.clear()
+    again = refusal_estimate(loaded, harmful, benign, run=run, selection=selection, cache=tmp_path / "cache")
+    assert probed == [len(harmful), len(benign)] and again == first  # the unpruned probabilities came from the cache
+    uncached = refusal_estimate(loaded, harmful, benign, run=run, selection=selection)
+    assert uncached == first and first["pruned"] != first["baseline"]

@@ -1,12 +1,16 @@
 """What pruning a unit group does: the same prompts answered by the model as it is and with the group pruned."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from . import atomic
 from .attribution import RunFolder
 from .data import Pair
 from .evaluation import DEFAULT_JUDGE, SafetyReport, evaluate_safety, make_judge, utility
@@ -203,23 +207,46 @@ def control_band(units: pd.DataFrame, measured: Sequence[tuple[int, pd.DataFrame
 
 def refusal_estimate(loaded: LoadedModel, harmful: Sequence[str], benign: Sequence[str], *,
                      run: RunFolder | None = None, selection: pd.DataFrame | None = None,
-                     batch_size: int = 8) -> dict:
+                     batch_size: int = 8, cache: Path | None = None) -> dict:
     """An instant estimate while replies are generated: the mean probability that the first reply token opens a
     refusal (evaluation.first_token_refusal, one forward pass), on harmful and benign prompts, as the model is and
-    with the selection pruned. An estimate: a refusal's first token also opens some answers."""
+    with the selection pruned. An estimate: a refusal's first token also opens some answers. With `cache`, the
+    unpruned model's probabilities are kept there (by model, device, dtype and prompts), so the next estimate of
+    the same prompts only runs the pruned model."""
     from .evaluation import REFUSAL_STARTS, first_token_refusal
 
-    def probe() -> dict:
+    def probabilities(prompts: list[str], key: str | None) -> list[float]:
+        path = Path(cache) / f"probe-{key}.json" if cache is not None and key else None
+        kept = atomic.read_json(path) if path is not None else None
+        if isinstance(kept, list) and len(kept) == len(prompts):
+            return kept
+        found = first_token_refusal(loaded, prompts, batch_size=batch_size).tolist() if prompts else []
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(path, json.dumps(found))
+            except OSError:
+                pass  # a cache that cannot be written only costs time
+        return found
+
+    def probe(pruned: bool) -> dict:
         out = {}
         for kind, prompts in (("harmful", harmful), ("benign", benign)):
-            p = first_token_refusal(loaded, list(prompts), batch_size=batch_size) if prompts else []
+            key = None if pruned else _probe_key(loaded, list(prompts), REFUSAL_STARTS)
+            p = probabilities(list(prompts), key)
             out[kind] = {"n": len(p), "mean": float(sum(p) / len(p)) if len(p) else None}
         return out
 
-    result = {"baseline": probe(), "starts": list(REFUSAL_STARTS)}
+    result = {"baseline": probe(False), "starts": list(REFUSAL_STARTS)}
     if selection is not None:
         if run is None:
             raise ValueError("a selection needs the run it came from (for its channel means)")
         with prune(loaded, selection, run.means, tokens=run.tokens):
-            result["pruned"] = probe()
+            result["pruned"] = probe(True)
     return result
+
+
+def _probe_key(loaded: LoadedModel, prompts: list[str], starts) -> str:
+    key = json.dumps([content_hash(loaded.folder), str(loaded.device.type), str(next(loaded.model.parameters()).dtype),
+                      prompts, list(starts), "first-token v1"])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
