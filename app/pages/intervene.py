@@ -740,10 +740,11 @@ def sweep_figure(result: dict, opened: float | None = None) -> go.Figure:
             x=cx, y=edge("mean"), name=f"{name}: random control", mode="lines+markers",
             legendgroup=f"control-{metric}", line=dict(color=color, dash="dot", width=1.5),
             marker=dict(symbol=f"{symbol}-open", color=color, size=9), opacity=0.75,
+            customdata=[0.0] + [p["fraction"] for p in controlled],  # a click opens that point, as on its group's
             text=["unpruned"] + [f"random units of {p['selection']['label']}'s mass: "
                                  f"{_band_text(span, len(seeds))}" for p, span, (seeds, _) in zip(controlled, spans,
                                                                                                   bands)],
-            hovertemplate="%{text}<extra></extra>"))
+            hovertemplate="%{text} · click for the replies<extra></extra>"))
     ringed = [p for p in points if opened is not None and abs(p["fraction"] - opened) < 1e-12]
     if ringed:
         figure.add_trace(go.Scatter(x=[ringed[0]["selection"]["param_fraction"]], y=[ringed[0]["measures"].get("asr")],
