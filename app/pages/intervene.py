@@ -600,7 +600,8 @@ def _preview_result(result: dict, show: str) -> html.Div:
     parts.append(html.Div(_generations(result.get("generations", []), show, bool(pruned)), id="iv-generations"))
     judge = result.get("judge") or {}
     if judge:
-        what = {"v2": "judge v2 (refusal phrases, relevance to the prompt, degenerate text)",
+        what = {"v2": "judge v2 (refusal phrases, relevance to the prompt, degenerate text; 84% agreement with hand "
+                      "labels, docs/judge.md)",
                 "keyword": f"the research keyword judge ({len(judge.get('keywords', []) or [])} keywords, at least "
                            f"{judge.get('min_words', '?')} words for a compliance)"}.get(judge.get("judge"),
                                                                                        judge.get("judge", "?"))
