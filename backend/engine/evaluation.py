@@ -70,21 +70,32 @@ def cached_generate(loaded: LoadedModel, prompts: Sequence[str], *, max_new_toke
     a model reuses its unpruned replies."""
     if cache is None:
         return generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    key = json.dumps([content_hash(loaded.folder), str(loaded.device.type), str(next(loaded.model.parameters()).dtype),
-                      list(prompts), max_new_tokens, batch_size, "greedy"])
-    path = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    path = model_cache_path(cache, loaded, [list(prompts), max_new_tokens, batch_size, "greedy"])
     kept = atomic.read_json(path)
     if isinstance(kept, list) and len(kept) == len(prompts) and all(isinstance(r, str) for r in kept):
         if progress:
             progress("generating (cached)", 1, 1)
         return kept
     replies = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    keep_json(path, replies)
+    return replies
+
+
+def model_cache_path(cache: Path, loaded: LoadedModel, depends_on: list, prefix: str = "") -> Path:
+    """Where a result of `loaded` is kept in `cache`: a file named by a hash of the model's weights and config,
+    its device and dtype, and `depends_on` (the prompts, the settings)."""
+    key = json.dumps([content_hash(loaded.folder), str(loaded.device.type), str(next(loaded.model.parameters()).dtype),
+                      *depends_on])
+    return Path(cache) / f"{prefix}{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def keep_json(path: Path, value) -> None:
+    """Write a cache file; a cache that cannot be written only costs time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, json.dumps(replies))
+        atomic.write_text(path, json.dumps(value))
     except OSError:
-        pass  # a cache that cannot be written only costs time
-    return replies
+        pass
 
 
 def _pad_id(tokenizer) -> int:

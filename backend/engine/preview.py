@@ -1,9 +1,6 @@
 """What pruning a unit group does: the same prompts answered by the model as it is and with the group pruned."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -213,27 +210,23 @@ def refusal_estimate(loaded: LoadedModel, harmful: Sequence[str], benign: Sequen
     with the selection pruned. An estimate: a refusal's first token also opens some answers. With `cache`, the
     unpruned model's probabilities are kept there (by model, device, dtype and prompts), so the next estimate of
     the same prompts only runs the pruned model."""
-    from .evaluation import REFUSAL_STARTS, first_token_refusal
+    from .evaluation import REFUSAL_STARTS, first_token_refusal, keep_json, model_cache_path
 
-    def probabilities(prompts: list[str], key: str | None) -> list[float]:
-        path = Path(cache) / f"probe-{key}.json" if cache is not None and key else None
-        kept = atomic.read_json(path) if path is not None else None
+    def probabilities(prompts: list[str], kept_in: Path | None) -> list[float]:
+        kept = atomic.read_json(kept_in) if kept_in is not None else None
         if isinstance(kept, list) and len(kept) == len(prompts):
             return kept
         found = first_token_refusal(loaded, prompts, batch_size=batch_size).tolist() if prompts else []
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic.write_text(path, json.dumps(found))
-            except OSError:
-                pass  # a cache that cannot be written only costs time
+        if kept_in is not None:
+            keep_json(kept_in, found)
         return found
 
     def probe(pruned: bool) -> dict:
         out = {}
-        for kind, prompts in (("harmful", harmful), ("benign", benign)):
-            key = None if pruned else _probe_key(loaded, list(prompts), REFUSAL_STARTS)
-            p = probabilities(list(prompts), key)
+        for kind, prompts in (("harmful", list(harmful)), ("benign", list(benign))):
+            kept_in = None if pruned or cache is None else model_cache_path(
+                cache, loaded, [prompts, list(REFUSAL_STARTS), "first-token v1"], prefix="probe-")
+            p = probabilities(prompts, kept_in)
             out[kind] = {"n": len(p), "mean": float(sum(p) / len(p)) if len(p) else None}
         return out
 
@@ -244,9 +237,3 @@ def refusal_estimate(loaded: LoadedModel, harmful: Sequence[str], benign: Sequen
         with prune(loaded, selection, run.means, tokens=run.tokens):
             result["pruned"] = probe(True)
     return result
-
-
-def _probe_key(loaded: LoadedModel, prompts: list[str], starts) -> str:
-    key = json.dumps([content_hash(loaded.folder), str(loaded.device.type), str(next(loaded.model.parameters()).dtype),
-                      prompts, list(starts), "first-token v1"])
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
