@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from uikit import browser, free_port, poll_json, serve_stack
+from uikit import browser, finished_run, free_port, serve_stack
 
 from backend.settings import Settings
 
@@ -73,26 +73,16 @@ def api(service, token) -> Iterator[httpx.Client]:
         yield client
 
 
-def _finished_run(api: httpx.Client, **fields) -> dict:
-    body = {"model": "llama", "safety": "safety.jsonl", "utility": "utility.jsonl", "samples": 12,
-            "batch_size": 4} | fields
-    accepted = api.post("/runs", json=body)
-    assert accepted.status_code == 202, accepted.text
-    done = poll_json(api, f"/runs/{accepted.json()['id']}", lambda b: b["status"] not in ("queued", "running"))
-    assert done["status"] == "succeeded", done
-    return done
-
-
 @pytest.fixture(scope="session")
 def run(api) -> dict:
     """A finished run of the tiny Llama, made through the REST API."""
-    return _finished_run(api)
+    return finished_run(api)
 
 
 @pytest.fixture(scope="session")
 def other_run(api, run) -> dict:
     """A second run of the same model on fewer pairs (roles move a little), for Compare."""
-    return _finished_run(api, samples=8)
+    return finished_run(api, samples=8)
 
 
 @pytest.fixture(scope="module")

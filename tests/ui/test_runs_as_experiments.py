@@ -19,6 +19,7 @@ from selenium.webdriver.common.keys import Keys
 from uikit import (
     browser,
     chromium_available,
+    finished_run,
     poll_json,
     register_run,
     release,
@@ -44,25 +45,15 @@ def query_of(driver) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(driver.current_url).query).items()}
 
 
-def finished(api, **fields) -> dict:
-    body = {"model": "llama", "safety": "safety.jsonl", "utility": "utility.jsonl", "samples": 12,
-            "batch_size": 4} | fields
-    accepted = api.post("/runs", json=body)
-    assert accepted.status_code == 202, accepted.text
-    done = poll_json(api, f"/runs/{accepted.json()['id']}", lambda b: b["status"] not in ("queued", "running"))
-    assert done["status"] == "succeeded", done
-    return done
-
-
 @pytest.fixture(scope="module")
 def base(api, run) -> dict:
     """A named, tagged run of the tiny model (the same settings as `run`: answered from the cache)."""
-    return finished(api, name="tiny base", tags=["base", "smoke"])
+    return finished_run(api, name="tiny base", tags=["base", "smoke"])
 
 
 @pytest.fixture(scope="module")
 def small(api, other_run) -> dict:
-    return finished(api, samples=8, name="tiny 8 pairs", tags=["small"])
+    return finished_run(api, samples=8, name="tiny 8 pairs", tags=["small"])
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +70,7 @@ def finetune_job(api, base) -> dict:
 @pytest.fixture(scope="module")
 def tuned(api, finetune_job) -> dict:
     """A run of the fine-tuned model: its lineage names the base run."""
-    return finished(api, model=finetune_job["result"]["model"], name=None)
+    return finished_run(api, model=finetune_job["result"]["model"], name=None)
 
 
 def rows_shown(driver) -> set[str]:

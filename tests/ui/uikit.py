@@ -133,6 +133,17 @@ def poll_json(client: httpx.Client, path: str, check: Callable[[dict], bool], ti
         time.sleep(0.2)
 
 
+def finished_run(api: httpx.Client, **fields) -> dict:
+    """A finished run of the tiny Llama made through the REST API (`fields` change the body)."""
+    body = {"model": "llama", "safety": "safety.jsonl", "utility": "utility.jsonl", "samples": 12,
+            "batch_size": 4} | fields
+    accepted = api.post("/runs", json=body)
+    assert accepted.status_code == 202, accepted.text
+    done = poll_json(api, f"/runs/{accepted.json()['id']}", lambda b: b["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done
+    return done
+
+
 def release(settings: Settings, job_id: str) -> None:
     """Let a job held at SSAH_PAUSE_AT go on (before or after it got there)."""
     (settings.home / "release").mkdir(parents=True, exist_ok=True)
