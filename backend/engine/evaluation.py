@@ -298,10 +298,9 @@ def first_token_refusal(loaded: LoadedModel, prompts: Sequence[str], *, batch_si
     longest_first = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # as `batches` orders encoded pairs
     plan = [longest_first[k:k + batch_size] for k in range(0, len(rows), batch_size)]
     for step, idx in enumerate(plan):
-        ids, attention, positions, _ = pad_batch([rows[i][shared:] for i in idx], [[True] * (len(rows[i]) - shared)
-                                                                                   for i in idx],
-                                                 _pad_id(tokenizer), "left", loaded.device)
-        extra = {}
+        own = [rows[i][shared:] for i in idx]  # each prompt's tokens after the shared prefix
+        ids, attention, positions, _ = pad_batch(own, [[True] * len(r) for r in own], _pad_id(tokenizer), "left",
+                                                 loaded.device)
         if prefix is not None:
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(idx))
