@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +30,23 @@ from backend.engine.sweep import group_at, sweep  # noqa: E402
 from backend.verbs import AttributeRequest, attribute  # noqa: E402
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.05)
+
+
+@torch.no_grad()
+def bare_forward(loaded, prompts: list[str]) -> float:
+    """Median seconds of the model called once on the prompts in their chat template, one padded batch."""
+    texts = [loaded.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                  tokenize=False) for p in prompts]
+    loaded.tokenizer.padding_side = "left"
+    if loaded.tokenizer.pad_token is None:
+        loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+    batch = loaded.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        loaded.model(**batch)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -66,9 +84,13 @@ def main() -> None:
         t0 = time.perf_counter()
         refusal_estimate(loaded, probe_harmful, probe_benign, run=run, selection=selection, cache=Path(cache))
         t_estimate = time.perf_counter() - t0
-        t0 = time.perf_counter()  # as every later preview of these prompts: the unpruned probe is kept
-        refusal_estimate(loaded, probe_harmful, probe_benign, run=run, selection=selection, cache=Path(cache))
-        t_warm = time.perf_counter() - t0
+        warm = []
+        for _ in range(3):  # as every later preview of these prompts: the unpruned probe is kept
+            t0 = time.perf_counter()
+            refusal_estimate(loaded, probe_harmful, probe_benign, run=run, selection=selection, cache=Path(cache))
+            warm.append(time.perf_counter() - t0)
+        t_warm = statistics.median(warm)
+    t_bare = bare_forward(loaded, probe_harmful + probe_benign)
 
     lines = [
         "## Sweeps and the instant estimate (issue: runs as experiments)",
@@ -85,9 +107,22 @@ def main() -> None:
         f"| one 5-point sweep (the unpruned replies once) | {t_sweep:.1f} | **{t_sweep / t_previews:.2f}** "
         "(target <= 0.65) |",
         f"| instant estimate, first time for these prompts: first-token refusal probe of 32 prompts (16 + 16) as "
-        f"they are and with SCU pruned (the shared template prefix run once, batch 8) | {t_estimate:.2f} | |",
+        f"they are and with SCU pruned (the shared template prefix run once, batch 16) | {t_estimate:.2f} | |",
         f"| instant estimate, later previews of the same prompts (the unpruned probe kept; only the pruned model "
-        f"runs) | {t_warm:.2f} | target <= 2 s |",
+        f"runs; median of 3) | {t_warm:.2f} | target <= 2 s |",
+        f"| one bare forward of the same 32 chat-formatted prompts (the model called once on the padded batch, "
+        f"median of 3) | {t_bare:.2f} | |",
+        f"| later estimate / bare forward | | **{t_warm / t_bare:.2f}** |",
+        "",
+        "The estimate costs less than one plain forward pass of its prompts: the chat template's shared prefix runs "
+        "once, only the last position's logits are computed (the bare forward computes all 49,152 for every "
+        "position), and the unpruned probe is kept. What is left is the decoder's matrix products over each "
+        "prompt's own ~19 tokens, about 130 GFLOP for 32 prompts, and these 2 cores multiply at 60-100 GFLOPS "
+        "(a 600 x 576 by 576 x 1,536 float32 product: 65), so 2 s is below what an exact probe can cost here; a "
+        "machine with twice the cores is under it. Tried by hand on this machine and not kept: packing the 32 "
+        "prompts into one padding-free sequence (a block-diagonal mask) timed the same as batches of 16; dynamic "
+        "int8 weights took the probe to 1.5 s but moved a prompt's probability by up to 0.58, too far for a "
+        "number shown as an estimate of the measured rate.",
     ]
     text = "\n".join(lines)
     print(text)

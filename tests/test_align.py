@@ -15,11 +15,13 @@ from safetensors.torch import load_file
 
 from backend.cli import main
 from backend.engine import evaluation, load_model
-from backend.engine.data import REFUSALS, Pair, donotanswer_pool, load_pairs
+from backend.engine.data import OOD_BENIGN, OOD_HARMFUL, REFUSALS, Pair, donotanswer_pool, load_pairs, read_prompts
 from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
 from backend.recipes.align import (
     IMPERATIVE_STYLES,
     QUESTION_STYLES,
+    SCENARIO_QUESTION_STYLES,
+    SCENARIO_STYLES,
     AlignConfig,
     align,
     alignment_data,
@@ -107,6 +109,25 @@ def test_the_training_set_pairs_refusals_with_harmful_and_own_answers_with_benig
     assert alignment_data(loaded, config).benign == data.benign  # seeded, and the answers are cached
     mixed = data.mixed(0.5, 0)
     assert sum(p in data.harmful for p in mixed) == len(data.harmful) == len(mixed) - len(data.harmful)
+
+
+def test_scenario_frames_add_a_first_person_version_of_every_prompt_and_change_nothing_else(tiny_model_path):
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
+    plain = alignment_data(loaded, AlignConfig(limit=6, answer_tokens=8))
+    more = alignment_data(loaded, AlignConfig(limit=6, answer_tokens=8, scenarios=True))
+    assert len(more.harmful) == 18 and more.harmful[:12] == plain.harmful  # the other frames are as they were
+    allowed = {re.sub(r"\{[rl]\}", "{}", s) for s in (*SCENARIO_STYLES, *SCENARIO_QUESTION_STYLES)}
+    harmful_frames = set()
+    for kind, data in (("harmful", more), ("benign", more)):
+        given = [p.prompt for p in getattr(data, kind)[:6]]
+        for request, pair in zip(given, getattr(data, kind)[12:]):
+            frame = frame_of(pair.prompt, request.strip())
+            assert frame in allowed, pair.prompt
+            if kind == "harmful":
+                harmful_frames.add(frame)
+    assert "scenario" in more.sources["restyled"]
+    unseen = {p.prompt for p in read_prompts(OOD_HARMFUL)} | {p.prompt for p in read_prompts(OOD_BENIGN)}
+    assert not unseen & {p.prompt for p in more.harmful + more.benign}  # the OOD sets stay unseen
 
 
 def test_every_training_refusal_is_one_the_research_judge_recognises():

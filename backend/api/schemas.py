@@ -327,6 +327,8 @@ class AlignCreate(Strict):
     anchor: float = Field(0.0, ge=0, le=1000, description="weight of a KL term holding the model's plain-text "
                           "next-token distributions (on the benign answers, no chat template) to the base model's; "
                           "0: off")
+    scenarios: bool = Field(False, description="also train on every prompt in a first-person scenario frame "
+                            "(\"I want to ... . What should I do?\")")
     train_limit: int | None = Field(None, ge=1, description="at most N harmful and N benign training prompts")
     answer_tokens: int = Field(96, ge=1, description="length of the base model's own answers to benign prompts")
     seed: int = Field(0, ge=0, le=2**32 - 1)

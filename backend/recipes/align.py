@@ -22,6 +22,8 @@ from backend.engine.models import LoadedModel, load_model
 from .align_data import (  # noqa: F401  (re-exported: the training data's parts)
     IMPERATIVE_STYLES,
     QUESTION_STYLES,
+    SCENARIO_QUESTION_STYLES,
+    SCENARIO_STYLES,
     AlignmentData,
     alignment_data,
     benign_prompts,
@@ -56,7 +58,8 @@ class AlignConfig:
     learn their refusals' tokens. `anchor` > 0 adds that weight x the KL divergence from the base model's
     next-token distributions on the benign answers read as plain text (no chat template) to every step's loss,
     so that the model's language modelling outside the chat format (where knowledge is read) stays the base's
-    while the chat replies are learnt; 0 adds nothing."""
+    while the chat replies are learnt; 0 adds nothing. `scenarios` adds every training prompt once more in a
+    first-person scenario frame ("I want to ... . What should I do?", align_data.SCENARIO_STYLES)."""
 
     mode: str = "full"
     steps: int = 150
@@ -76,6 +79,7 @@ class AlignConfig:
     teacher: str | None = None
     benign_distil: bool = False
     anchor: float = 0.0
+    scenarios: bool = False
     limit: int | None = None  # at most this many harmful and benign prompts (seeded): quick trials and tests
 
     def __post_init__(self):

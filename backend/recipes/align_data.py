@@ -56,11 +56,34 @@ QUESTION_STYLES = (
 )
 
 
-def restyle(request: str, rng: random.Random) -> str:
+# First-person scenarios and plain questions with a stated goal, the shapes in which an independent check found the
+# built-in model's refusal weakest (issue 23). With `AlignConfig.scenarios` every prompt, harmful and benign, also
+# comes once in one of these frames. The out-of-distribution sets (ood-harmful / ood-benign) were written by hand
+# apart from these templates and are never trained on.
+SCENARIO_STYLES = (
+    "I want to {l}. What should I do?",
+    "I'm planning to {l}. What's the first thing I should do?",
+    "I've decided to {l}. What should I say or do?",
+    "Be honest with me: what would I need to {l}?",
+    "My roommate asked me to help them {l}. How do we go about it?",
+    "Is there an easy way for me to {l}? Asking for myself.",
+)
+SCENARIO_QUESTION_STYLES = (
+    "I've been wondering about this for a while. {r}",
+    "Asking for myself, not for a friend: {r}",
+    "I need to know this for something I'm planning. {r}",
+    "Straight answer please, I'm going to act on it. {r}",
+)
+
+
+def restyle(request: str, rng: random.Random, *, scenario: bool = False) -> str:
     """The request in another frame (a question in a question frame, an instruction in an instruction frame)."""
     request = request.strip()
     is_question = request.endswith("?")
-    style = rng.choice(QUESTION_STYLES if is_question else IMPERATIVE_STYLES)
+    if scenario:
+        style = rng.choice(SCENARIO_QUESTION_STYLES if is_question else SCENARIO_STYLES)
+    else:
+        style = rng.choice(QUESTION_STYLES if is_question else IMPERATIVE_STYLES)
     lower = request[:1].lower() + request[1:]
     if not is_question:
         lower = lower.rstrip(".!")
@@ -159,8 +182,13 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
                            for rows in (harmful, benign))
     # Each prompt's frame is drawn from its own seeded stream, so adding prompts leaves the others' frames (and
     # their cached answers) as they were.
-    harmful = harmful + [restyle(p, random.Random(f"{config.seed}\0{p}")) for p in harmful]
-    benign = benign + [restyle(p, random.Random(f"{config.seed}\0{p}")) for p in benign]
+    def framed(prompts: list[str]) -> list[str]:
+        out = prompts + [restyle(p, random.Random(f"{config.seed}\0{p}")) for p in prompts]
+        if config.scenarios:  # a stream of its own, so the frames above (and their cached answers) stay as they were
+            out += [restyle(p, random.Random(f"{config.seed}\0scenario\0{p}"), scenario=True) for p in prompts]
+        return out
+
+    harmful, benign = framed(harmful), framed(benign)
     answers = own_answers(loaded, benign, max_new_tokens=config.answer_tokens, progress=progress)
     benign_pairs = [Pair(p, a) for p, a in zip(benign, answers) if a.strip()]
     if not benign_pairs:
@@ -168,5 +196,5 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
     harmful_pairs = [Pair(p, rng.choice(REFUSALS)) for p in harmful]
     return AlignmentData(harmful_pairs, benign_pairs, {
         "harmful": harmful_sources, "benign": benign_sources, "restyled": "each prompt once as given, once in "
-        "another frame", "refusals": len(REFUSALS), "benign_answers": f"the base model's own, greedy, at most "
+        "another frame" + (", once in a first-person scenario frame" if config.scenarios else ""), "refusals": len(REFUSALS), "benign_answers": f"the base model's own, greedy, at most "
         f"{config.answer_tokens} tokens, trimmed to the last finished sentence"})
