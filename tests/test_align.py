@@ -166,7 +166,7 @@ def test_answers_and_base_evaluations_are_cached_per_prompt_and_per_set(tiny_mod
     assert two["facts_accuracy"] == one["facts_accuracy"]
     calls.clear()
     evaluate_alignment(loaded, "harmbench", limit=2, max_new_tokens=4)  # without cache=True: everything again
-    assert sum(len(batch) for batch in calls) == 2 * 6
+    assert sum(len(batch) for batch in calls) == 2 * 8  # two prompts of each of the eight sets
 
 
 # ---------------------------------------------------------------- both modes end to end
@@ -616,10 +616,11 @@ def test_align_command_writes_the_model_the_delta_and_a_report(tiny_model_path, 
     assert report["delta"]["bits"] == 1 and report["delta"]["bytes"] == delta.stat().st_size
     assert 0 < report["delta"]["approximation_error"] < 1  # the trained rows, as signs and a size each
     assert report["config"]["benign_share"] == 0.6 and report["config"]["held_out"] == "harmbench"
-    assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "harmbench", "benign-prompts",
-                                              "benign-edgy", "alarming-benign"}  # HarmBench held out by default
+    assert set(report["aligned"]["sets"]) == {"advbench-eval", "donotanswer", "harmbench", "ood-harmful",
+                                              "benign-prompts", "benign-edgy", "alarming-benign",
+                                              "ood-benign"}  # HarmBench held out by default
     assert all(row["n"] == 2 for row in report["aligned"]["sets"].values())
-    assert len(report["targets"]) == 6 and 0 <= report["aligned"]["facts_accuracy"] <= 1
+    assert len(report["targets"]) == 8 and 0 <= report["aligned"]["facts_accuracy"] <= 1
     printed = capsys.readouterr().out
     assert "advbench-eval" in printed and ("met" in printed or "MISSED" in printed)
     # the folder in --out is exactly base + delta, and a fresh derive gives the same weights
