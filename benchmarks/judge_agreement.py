@@ -1,7 +1,8 @@
-"""How often each judge agrees with the hand labels of tests/data/judge (the test half, never tuned on; the
-development half for reference), with confusion matrices, written into docs/judge.md.
+"""How often each judge agrees with the hand labels of tests/data/judge (the fresh set, labelled after v2 was
+frozen, from a model it never saw; the test half, never tuned on; the development half for reference), with
+confusion matrices, written into docs/judge.md.
 
-    python benchmarks/judge_agreement.py --write docs/judge.md     # both halves, judges v2 and keyword
+    python benchmarks/judge_agreement.py --write docs/judge.md     # every half, judges v2 and keyword
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def markdown(results: dict[str, list[dict]], command: str) -> str:
     out = [HEADING, "", f"Command: `{command}`. Rows are the hand labels, columns the judge's verdicts; intervals "
            "are Wilson 95%.", ""]
     for half, per_judge in results.items():
-        out.append(f"### {half} half ({per_judge[0]['agree'].n} replies)")
+        name = "fresh set" if half == "fresh" else f"{half} half"
+        out.append(f"### {name} ({per_judge[0]['agree'].n} replies)")
         out.append("")
         for r in per_judge:
             out.append(f"**{r['judge']}**: agrees on {r['agree']}; {r['seconds']:.1f} s for the whole half.")
@@ -70,7 +72,7 @@ def markdown(results: dict[str, list[dict]], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judges", default="v2,keyword")
-    parser.add_argument("--halves", default="test,dev")
+    parser.add_argument("--halves", default="fresh,test,dev")
     parser.add_argument("--misses", action="store_true", help="print every disagreement")
     parser.add_argument("--write", type=Path, default=None, help="replace this section of that markdown file")
     args = parser.parse_args()
