@@ -183,8 +183,9 @@ def test_an_alignment_job_trains_only_the_runs_redundant_units_and_reports_its_t
     report = job["result"]
     assert report["config"]["mode"] == "budget" and len(report["training"]["loss"]) == 2
     assert report["config"]["benign_share"] == 0.6
-    assert set(report["aligned"]["sets"]) >= {"advbench-eval", "donotanswer", "alarming-benign"}
-    assert len(report["targets"]) == 6
+    assert set(report["aligned"]["sets"]) >= {"advbench-eval", "donotanswer", "alarming-benign", "ood-harmful",
+                                              "ood-benign"}
+    assert len(report["targets"]) == 8  # the OOD sets' two among them
     model = Path(report["model"])
     assert model.parent == runs_dir / "finetunes" and (model / "alignment.json").is_file()
     # only the budget moved: every row/column that changed belongs to a unit of lowest z_U (0.2 of the parameters)
