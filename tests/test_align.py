@@ -117,14 +117,9 @@ def test_scenario_frames_add_a_first_person_version_of_every_prompt_and_change_n
     more = alignment_data(loaded, AlignConfig(limit=6, answer_tokens=8, scenarios=True))
     assert len(more.harmful) == 18 and more.harmful[:12] == plain.harmful  # the other frames are as they were
     allowed = {re.sub(r"\{[rl]\}", "{}", s) for s in (*SCENARIO_STYLES, *SCENARIO_QUESTION_STYLES)}
-    harmful_frames = set()
-    for kind, data in (("harmful", more), ("benign", more)):
-        given = [p.prompt for p in getattr(data, kind)[:6]]
-        for request, pair in zip(given, getattr(data, kind)[12:]):
-            frame = frame_of(pair.prompt, request.strip())
-            assert frame in allowed, pair.prompt
-            if kind == "harmful":
-                harmful_frames.add(frame)
+    for pairs in (more.harmful, more.benign):  # the third block: each given prompt in a scenario frame
+        for given, framed in zip(pairs[:6], pairs[12:]):
+            assert frame_of(framed.prompt, given.prompt.strip()) in allowed, framed.prompt
     assert "scenario" in more.sources["restyled"]
     unseen = {p.prompt for p in read_prompts(OOD_HARMFUL)} | {p.prompt for p in read_prompts(OOD_BENIGN)}
     assert not unseen & {p.prompt for p in more.harmful + more.benign}  # the OOD sets stay unseen
