@@ -37,10 +37,15 @@ def bare_forward(loaded, prompts: list[str]) -> float:
     """Median seconds of the model called once on the prompts in their chat template, one padded batch."""
     texts = [loaded.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                   tokenize=False) for p in prompts]
-    loaded.tokenizer.padding_side = "left"
-    if loaded.tokenizer.pad_token is None:
-        loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
-    batch = loaded.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    tokenizer = loaded.tokenizer
+    pad_token = tokenizer.pad_token
+    if pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:  # left padding for this call only; the loaded tokenizer keeps its settings
+        batch = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    finally:
+        if pad_token is None:
+            tokenizer.pad_token = None
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
