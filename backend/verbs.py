@@ -361,9 +361,11 @@ def estimate(request: EstimateRequest, *, models: Models | None = None, progress
     from backend.engine.preview import refusal_estimate
 
     r = request
+    if r.prune is not None and r.run is None:
+        raise ValueError("pruning needs the run folder of this model (for its roles and channel means)")
     run = load_run(r.run) if r.run else None
     harmful, benign, _ = r.sets.prompts()
-    selection = r.prune.choose(run.units) if r.prune is not None and run is not None else None
+    selection = r.prune.choose(run.units) if r.prune is not None else None
     loaded = (models or Models()).get(r.model, device=r.device, dtype=r.dtype)
     if progress:
         progress("probing first tokens", 0, 1)

@@ -94,3 +94,9 @@ def test_the_estimate_keeps_the_unpruned_probabilities_and_probes_only_the_prune
     assert probed == [len(harmful), len(benign)] and again == first  # the unpruned probabilities came from the cache
     uncached = refusal_estimate(loaded, harmful, benign, run=run, selection=selection)
     assert uncached == first and first["pruned"] != first["baseline"]
+
+
+def test_an_estimate_of_pruned_units_without_their_run_is_refused_not_made_unpruned():
+    from backend.verbs import EstimateRequest, UnitGroups, estimate
+    with pytest.raises(ValueError, match="run folder"):
+        estimate(EstimateRequest(model="smollm2-135m-instruct", prune=UnitGroups(groups=("SCU",))))
