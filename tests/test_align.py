@@ -18,6 +18,8 @@ from backend.engine import evaluation, load_model
 from backend.engine.data import OOD_BENIGN, OOD_HARMFUL, REFUSALS, Pair, donotanswer_pool, load_pairs, read_prompts
 from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
 from backend.recipes.align import (
+    REFUSAL_OPENERS,
+    own_refusals,
     IMPERATIVE_STYLES,
     QUESTION_STYLES,
     SCENARIO_QUESTION_STYLES,
@@ -123,6 +125,39 @@ def test_scenario_frames_add_a_first_person_version_of_every_prompt_and_change_n
     assert "scenario" in more.sources["restyled"]
     unseen = {p.prompt for p in read_prompts(OOD_HARMFUL)} | {p.prompt for p in read_prompts(OOD_BENIGN)}
     assert not unseen & {p.prompt for p in more.harmful + more.benign}  # the OOD sets stay unseen
+
+
+def test_own_refusals_open_with_a_refusal_and_go_on_in_the_models_words_one_per_request(tiny_model_path):
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu", dtype="float32")
+    config = AlignConfig(limit=6, answer_tokens=8, scenarios=True, refusals="own")
+    data = alignment_data(loaded, config)
+    fixed = alignment_data(loaded, AlignConfig(limit=6, answer_tokens=8, scenarios=True))
+    assert [p.prompt for p in data.harmful] == [p.prompt for p in fixed.harmful] and data.benign == fixed.benign
+    given = [p.response for p in data.harmful[:6]]
+    for frame in (1, 2):  # a request's other frames carry its refusal
+        assert [p.response for p in data.harmful[6 * frame:6 * frame + 6]] == given
+    own = [r for r in given if r not in REFUSALS]
+    assert all(r.startswith(REFUSAL_OPENERS) and len(r) > max(map(len, REFUSAL_OPENERS)) for r in own)
+    assert f"({len(own)} of 6 requests" in data.sources["refusals"]
+    # the model's words are its own greedy continuation of the opener, cached
+    refusals, n_own = own_refusals(loaded, [p.prompt for p in data.harmful[:6]], seed=0)
+    assert refusals == given and n_own == len(own)
+    assert 0 < len(own) < 6  # this random model's continuations: some read as refusals, some as babble
+    i = given.index(own[0])
+    opener = next(o for o in REFUSAL_OPENERS if own[0].startswith(o))
+    rest = evaluation.generate(loaded, [data.harmful[i].prompt], max_new_tokens=40, openers=[opener])[0]
+    assert rest[:10] in own[0]
+    # a replaced one is a continuation that a judge does not read as a refusal
+    from backend.engine.judge import KeywordJudge, V2Judge
+    replaced = [i for i, r in enumerate(given) if r in REFUSALS]
+    prompts = [data.harmful[i].prompt for i in replaced]
+    written = [o + " " + evaluation.generate(loaded, [p], max_new_tokens=40, openers=[o])[0] for p, o in
+               zip(prompts, [random.Random(f"0\0opener\0{p}").choice(REFUSAL_OPENERS) for p in prompts])]
+    kinds = ["harmful"] * len(prompts)
+    verdicts = zip(V2Judge().judge(prompts, written, kinds), KeywordJudge().judge(prompts, written, kinds))
+    assert all("refused" != a.verdict or "refused" != b.verdict for a, b in verdicts)
+    with pytest.raises(ValueError, match="refusals must be one of"):
+        AlignConfig(refusals="polite")
 
 
 def test_every_training_refusal_is_one_the_research_judge_recognises():

@@ -329,6 +329,9 @@ class AlignCreate(Strict):
                           "0: off")
     scenarios: bool = Field(False, description="also train on every prompt in a first-person scenario frame "
                             "(\"I want to ... . What should I do?\")")
+    refusals: Literal["fixed", "own"] = Field("fixed", description="harmful requests answered with the eight "
+                                              "written refusals (fixed) or a refusal opener continued by the base "
+                                              "model in its own words (own)")
     train_limit: int | None = Field(None, ge=1, description="at most N harmful and N benign training prompts")
     answer_tokens: int = Field(96, ge=1, description="length of the base model's own answers to benign prompts")
     seed: int = Field(0, ge=0, le=2**32 - 1)

@@ -59,6 +59,10 @@ def register(sub) -> None:
     al.add_argument("--scenarios", action="store_true",
                     help="also train on every prompt (harmful and benign) in a first-person scenario frame (\"I want "
                          "to ... . What should I do?\"); the ood-harmful / ood-benign sets stay unseen")
+    al.add_argument("--refusals", choices=["fixed", "own"], default="fixed",
+                    help="what harmful requests are answered with: the eight written refusals (fixed), or a refusal "
+                         "opener continued by the base model in its own words (own; the model has the decision to "
+                         "learn and hardly any new text)")
     al.add_argument("--held-out", choices=["donotanswer", "harmbench"], default="harmbench",
                     help="harmful source left out of training, evaluated as unseen")
     al.add_argument("--train-limit", type=positive("--train-limit", 1_000_000), default=None,
@@ -128,7 +132,8 @@ def cmd_align(args: argparse.Namespace) -> int:
                          held_out=args.held_out, h_ru=args.h_ru, budget_score=args.budget_score, rank=args.rank,
                          benign_share=args.benign_share,
                          strength=args.strength, teacher=args.teacher, benign_distil=args.benign_distil,
-                         anchor=args.anchor, scenarios=args.scenarios, limit=args.train_limit)
+                         anchor=args.anchor, scenarios=args.scenarios, refusals=args.refusals,
+                         limit=args.train_limit)
     delta = DeltaForm(args.delta, bits=args.delta_bits, keep=args.delta_keep) if args.delta else None
     request = AlignRequest(model=args.model, out=args.out, config=config, evaluate=not args.no_eval,
                            eval_limit=args.limit, max_new_tokens=args.max_new_tokens, judge=args.judge, delta=delta,

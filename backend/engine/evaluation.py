@@ -44,15 +44,20 @@ def make_judge(spec: str = "v2") -> Judge:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 8,
-             progress: Progress | None = None, phase: str = "generating") -> list[str]:
-    """Greedy replies to each prompt, in the order given."""
+             progress: Progress | None = None, phase: str = "generating",
+             openers: Sequence[str] | None = None) -> list[str]:
+    """Greedy replies to each prompt, in the order given. With `openers`, each reply is made to begin with its
+    opener (written into the reply before generation starts); the returned text is what follows it."""
     tokenizer = loaded.tokenizer
-    encoded = encode_pairs(tokenizer, [Pair(p, "") for p in prompts])
+    if openers is not None and len(openers) != len(prompts):
+        raise ValueError(f"{len(openers)} openers for {len(prompts)} prompts")
+    encoded = encode_pairs(tokenizer, [Pair(p, "" if openers is None else o) for p, o in
+                                       zip(prompts, openers or [""] * len(prompts))])
     pad_id = _pad_id(tokenizer)
     replies: list[str] = [""] * len(prompts)
     plan = batches(encoded, batch_size)
     for step, idx in enumerate(plan):
-        rows = [encoded[i].input_ids[:encoded[i].prompt_len] for i in idx]
+        rows = [encoded[i].input_ids for i in idx]
         ids, attention, _, _ = pad_batch(rows, [[True] * len(r) for r in rows], pad_id, "left", loaded.device)
         out = loaded.model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=pad_id)

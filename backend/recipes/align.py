@@ -22,6 +22,8 @@ from backend.engine.models import LoadedModel, load_model
 from .align_data import (  # noqa: F401  (re-exported: the training data's parts)
     IMPERATIVE_STYLES,
     QUESTION_STYLES,
+    REFUSAL_KINDS,
+    REFUSAL_OPENERS,
     SCENARIO_QUESTION_STYLES,
     SCENARIO_STYLES,
     AlignmentData,
@@ -29,6 +31,7 @@ from .align_data import (  # noqa: F401  (re-exported: the training data's parts
     benign_prompts,
     harmful_prompts,
     own_answers,
+    own_refusals,
     restyle,
 )
 from .align_eval import EVALUATION_CACHE_VERSION, evaluate_alignment, evaluation_sets, targets  # noqa: F401
@@ -59,7 +62,10 @@ class AlignConfig:
     next-token distributions on the benign answers read as plain text (no chat template) to every step's loss,
     so that the model's language modelling outside the chat format (where knowledge is read) stays the base's
     while the chat replies are learnt; 0 adds nothing. `scenarios` adds every training prompt once more in a
-    first-person scenario frame ("I want to ... . What should I do?", align_data.SCENARIO_STYLES)."""
+    first-person scenario frame ("I want to ... . What should I do?", align_data.SCENARIO_STYLES). `refusals`
+    "fixed" answers harmful requests with the eight written refusals (data.REFUSALS); "own" with the base model's
+    own words after a refusal opener (align_data.own_refusals), so that alignment has the decision to learn and
+    hardly any new text."""
 
     mode: str = "full"
     steps: int = 150
@@ -80,6 +86,7 @@ class AlignConfig:
     benign_distil: bool = False
     anchor: float = 0.0
     scenarios: bool = False
+    refusals: str = "fixed"
     limit: int | None = None  # at most this many harmful and benign prompts (seeded): quick trials and tests
 
     def __post_init__(self):
@@ -105,6 +112,8 @@ class AlignConfig:
                              "model on every pair: give one or the other")
         if not isinstance(self.anchor, (int, float)) or not 0 <= self.anchor < float("inf"):
             raise ValueError(f"anchor must be a number of at least 0 (0: no anchor), got {self.anchor!r}")
+        if self.refusals not in REFUSAL_KINDS:
+            raise ValueError(f"refusals must be one of {', '.join(REFUSAL_KINDS)}, got {self.refusals!r}")
         if not 0 < self.h_ru < 1:
             raise ValueError(f"h_ru must be between 0 and 1, got {self.h_ru}")
         for name in ("steps", "batch_size", "rank", "attribution_samples", "answer_tokens"):

@@ -171,6 +171,57 @@ def own_answers(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: 
     return [cached[p] for p in prompts]
 
 
+# With AlignConfig.refusals "own", a harmful request's refusal opens with one of these (each holds a keyword of
+# the research judge) and the base model writes the rest in its own words, about that request.
+REFUSAL_OPENERS = (
+    "I'm sorry, but I can't",
+    "I apologize, but I cannot",
+    "I cannot",
+    "Sorry, but I can't",
+    "I'm not able to provide",
+    "My apologies, but I can't",
+)
+REFUSAL_KINDS = ("fixed", "own")
+
+
+def _first_sentences(text: str, most: int = 2) -> str:
+    """At most `most` finished sentences of `text` (a refusal's reasons, not what may follow them)."""
+    ends = [i for i, c in enumerate(text) if c in ".!?" and (i + 1 == len(text) or text[i + 1] in " \n")]
+    return text[:ends[most - 1] + 1] if len(ends) >= most else text
+
+
+def own_refusals(loaded: LoadedModel, prompts: Sequence[str], *, seed: int, max_new_tokens: int = 40,
+                 batch_size: int = 16, progress: Progress | None = None) -> tuple[list[str], int]:
+    """A refusal of each harmful request in the base model's own words: a seeded opener from REFUSAL_OPENERS,
+    continued greedily by the model and cut to its first two sentences. A continuation that both judges (v2 and
+    the research keywords) do not read as a refusal of that request is replaced by one of the fixed REFUSALS.
+    Cached per prompt under SSAH_HOME like the benign answers. Returns the refusals and how many are the model's."""
+    from backend.engine.evaluation import generate
+    from backend.engine.judge import KeywordJudge, V2Judge
+
+    openers = [random.Random(f"{seed}\0opener\0{p}").choice(REFUSAL_OPENERS) for p in prompts]
+    path = cache_file("refusals", [content_hash(loaded.folder), max_new_tokens, list(REFUSAL_OPENERS), 1])
+    cached = atomic.read_json(path)
+    cached = cached if isinstance(cached, dict) else {}
+    keys = [f"{o}\0{p}" for p, o in zip(prompts, openers)]
+    todo = list(dict.fromkeys(k for k in keys if k not in cached))
+    if todo:
+        asked = [k.split("\0", 1)[1] for k in todo]
+        opened = [k.split("\0", 1)[0] for k in todo]
+        rest = generate(loaded, asked, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                        phase="writing refusals", openers=opened)
+        cached.update({k: _trim(_first_sentences(o + ("" if not r or r[0] in ",.;:!?" else " ") + r))
+                       for k, o, r in zip(todo, opened, rest)})
+        write_cached(path, cached)
+    replies = [cached[k] for k in keys]
+    kinds = ["harmful"] * len(prompts)
+    verdicts = zip(V2Judge().judge(prompts, replies, kinds), KeywordJudge().judge(prompts, replies, kinds))
+    fallback = random.Random(seed)
+    out = [r if a.verdict == b.verdict == "refused" else fallback.choice(REFUSALS)
+           for r, (a, b) in zip(replies, verdicts)]
+    return out, sum(o == r for o, r in zip(out, replies))
+
+
 def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress | None = None) -> AlignmentData:
     """Harmful requests (as given and restyled) with refusals; benign ones (as given and restyled) with the base
     model's own answers. Seeded."""
@@ -193,8 +244,18 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
     benign_pairs = [Pair(p, a) for p, a in zip(benign, answers) if a.strip()]
     if not benign_pairs:
         raise DataError("the base model gave no answer to any benign prompt; it cannot be aligned this way")
-    harmful_pairs = [Pair(p, rng.choice(REFUSALS)) for p in harmful]
+    if config.refusals == "own":  # one refusal per request, shared by its frames
+        given = harmful[:len(harmful) // (3 if config.scenarios else 2)]
+        own, n_own = own_refusals(loaded, given, seed=config.seed, progress=progress)
+        refusals = own * (len(harmful) // len(given))
+        refusal_source = (f"the base model's own words after a refusal opener ({n_own} of {len(given)} requests; "
+                          f"the rest one of the {len(REFUSALS)} fixed refusals)")
+    else:
+        refusals = [rng.choice(REFUSALS) for _ in harmful]
+        refusal_source = len(REFUSALS)
+    harmful_pairs = [Pair(p, r) for p, r in zip(harmful, refusals)]
     return AlignmentData(harmful_pairs, benign_pairs, {
         "harmful": harmful_sources, "benign": benign_sources, "restyled": "each prompt once as given, once in "
-        "another frame" + (", once in a first-person scenario frame" if config.scenarios else ""), "refusals": len(REFUSALS), "benign_answers": f"the base model's own, greedy, at most "
+        "another frame" + (", once in a first-person scenario frame" if config.scenarios else ""),
+        "refusals": refusal_source, "benign_answers": f"the base model's own, greedy, at most "
         f"{config.answer_tokens} tokens, trimmed to the last finished sentence"})
