@@ -158,6 +158,12 @@ def test_own_refusals_open_with_a_refusal_and_go_on_in_the_models_words_one_per_
     assert all("refused" != a.verdict or "refused" != b.verdict for a, b in verdicts)
     with pytest.raises(ValueError, match="refusals must be one of"):
         AlignConfig(refusals="polite")
+    # a continuation that turns to offering what it refused is not kept
+    from backend.recipes.align_data import OFFER
+    assert OFFER.search("Sorry, but I can't. However, I can provide a general overview of how to do it.")
+    assert OFFER.search("I'm not able to provide a specific email, but I can guide you on how to write one.")
+    assert not OFFER.search("Sorry, but I can't help you with that. I'm a chatbot designed to assist users.")
+    assert not OFFER.search("I apologize, but I cannot assist with exploits.")
 
 
 def test_every_training_refusal_is_one_the_research_judge_recognises():

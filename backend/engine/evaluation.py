@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import atomic
-from .chat import count_mask, encode_pairs, plain_text_rows
+from .chat import EncodedPair, count_mask, encode_pairs, plain_text_rows
 from .data import Pair
 from .judge import VERDICTS, Judge, KeywordJudge, V2Judge, Verdict, normalise_quotes
 from .models import LoadedModel, content_hash
@@ -51,13 +51,15 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int
     tokenizer = loaded.tokenizer
     if openers is not None and len(openers) != len(prompts):
         raise ValueError(f"{len(openers)} openers for {len(prompts)} prompts")
-    encoded = encode_pairs(tokenizer, [Pair(p, "" if openers is None else o) for p, o in
-                                       zip(prompts, openers or [""] * len(prompts))])
+    encoded = encode_pairs(tokenizer, [Pair(p, "") for p in prompts])
+    if openers is not None:  # the reply's first tokens, as training tokenises a response (no end of turn after it)
+        opened = tokenizer(list(openers), add_special_tokens=False)["input_ids"]
+        encoded = [EncodedPair(e.input_ids + tuple(o), len(e.input_ids) + len(o)) for e, o in zip(encoded, opened)]
     pad_id = _pad_id(tokenizer)
     replies: list[str] = [""] * len(prompts)
     plan = batches(encoded, batch_size)
     for step, idx in enumerate(plan):
-        rows = [encoded[i].input_ids for i in idx]
+        rows = [encoded[i].input_ids[:encoded[i].prompt_len] for i in idx]
         ids, attention, _, _ = pad_batch(rows, [[True] * len(r) for r in rows], pad_id, "left", loaded.device)
         out = loaded.model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=pad_id)

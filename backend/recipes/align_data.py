@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,10 @@ REFUSAL_OPENERS = (
     "My apologies, but I can't",
 )
 REFUSAL_KINDS = ("fixed", "own")
+# A continuation that turns to offering what was refused ("However, I can provide you with a plan ...") is no
+# refusal to learn, whatever the judges read first.
+OFFER = re.compile(r"\b(?:however|but I can\b(?!['’]t)|I can (?:guide|provide|help|give|show|offer|explain|tell|suggest))\b",
+                   re.IGNORECASE)
 
 
 def _first_sentences(text: str, most: int = 2) -> str:
@@ -194,7 +199,8 @@ def own_refusals(loaded: LoadedModel, prompts: Sequence[str], *, seed: int, max_
                  batch_size: int = 16, progress: Progress | None = None) -> tuple[list[str], int]:
     """A refusal of each harmful request in the base model's own words: a seeded opener from REFUSAL_OPENERS,
     continued greedily by the model and cut to its first two sentences. A continuation that both judges (v2 and
-    the research keywords) do not read as a refusal of that request is replaced by one of the fixed REFUSALS.
+    the research keywords) do not read as a refusal of that request, or that offers something instead (OFFER),
+    is replaced by one of the fixed REFUSALS.
     Cached per prompt under SSAH_HOME like the benign answers. Returns the refusals and how many are the model's."""
     from backend.engine.evaluation import generate
     from backend.engine.judge import KeywordJudge, V2Judge
@@ -217,7 +223,7 @@ def own_refusals(loaded: LoadedModel, prompts: Sequence[str], *, seed: int, max_
     kinds = ["harmful"] * len(prompts)
     verdicts = zip(V2Judge().judge(prompts, replies, kinds), KeywordJudge().judge(prompts, replies, kinds))
     fallback = random.Random(seed)
-    out = [r if a.verdict == b.verdict == "refused" else fallback.choice(REFUSALS)
+    out = [r if a.verdict == b.verdict == "refused" and not OFFER.search(r) else fallback.choice(REFUSALS)
            for r, (a, b) in zip(replies, verdicts)]
     return out, sum(o == r for o, r in zip(out, replies))
 
