@@ -30,13 +30,11 @@ def test_the_labelled_set_has_two_disjoint_halves_of_real_conditions():
         assert {(r["condition"], r["kind"]) for r in half} == {(r["condition"], r["kind"]) for r in rows}
 
 
-@pytest.fixture(scope="module")
-def test_half() -> list[dict]:
-    return read("test")
-
-
-FLOOR = 0.83  # measured 181/216 = 0.838 when the judge was frozen; a change that loses a reply fails here
-FRESH_FLOOR = 0.85  # measured 169/198 = 0.854 on the fresh set, once, with the judge as frozen
+# The agreement measured when each set was first judged; a change that loses a reply fails here.
+FLOORS = {
+    "test": 0.83,  # 181/216 = 0.838 when the judge was frozen
+    "fresh": 0.85,  # 169/198 = 0.854, once, with the judge as frozen
+}
 
 
 def agreement(judge, rows: list[dict]) -> tuple[float, list]:
@@ -45,10 +43,12 @@ def agreement(judge, rows: list[dict]) -> tuple[float, list]:
     return 1 - len(misses) / len(rows), misses
 
 
-def test_v2_keeps_its_agreement_on_the_test_half_and_beats_the_keyword_judge(test_half):
-    v2, misses = agreement(V2Judge(), test_half)
-    keyword, _ = agreement(KeywordJudge(), test_half)
-    assert v2 >= FLOOR, f"v2 agrees on {v2:.1%}; disagreements: {misses}"
+@pytest.mark.parametrize("half", FLOORS)
+def test_v2_keeps_its_agreement_and_beats_the_keyword_judge(half):
+    rows = read(half)
+    v2, misses = agreement(V2Judge(), rows)
+    keyword, _ = agreement(KeywordJudge(), rows)
+    assert v2 >= FLOORS[half], f"v2 agrees on {v2:.1%} of the {half} set; disagreements: {misses}"
     assert v2 > keyword + 0.03, (v2, keyword)
 
 
@@ -58,11 +58,3 @@ def test_the_fresh_set_is_a_model_the_judge_never_saw_labelled_twice():
     assert not {r["condition"] for r in fresh} & {r["condition"] for r in old}  # another model's replies
     assert {r["labelled"] for r in fresh} <= {"double", "adjudicated"}  # every row read by two labellers
     assert {r["label"] for r in fresh} == set(VERDICTS) and all(r["reason"] for r in fresh)
-
-
-def test_v2_keeps_its_agreement_on_the_fresh_set_and_beats_the_keyword_judge():
-    fresh = read("fresh")
-    v2, misses = agreement(V2Judge(), fresh)
-    keyword, _ = agreement(KeywordJudge(), fresh)
-    assert v2 >= FRESH_FLOOR, f"v2 agrees on {v2:.1%}; disagreements: {misses}"
-    assert v2 > keyword + 0.03, (v2, keyword)
