@@ -18,10 +18,9 @@ from backend.engine import evaluation, load_model
 from backend.engine.data import OOD_BENIGN, OOD_HARMFUL, REFUSALS, Pair, donotanswer_pool, load_pairs, read_prompts
 from backend.engine.delta import DeltaError, apply_delta, derive_folder, make_delta, read_delta, save_delta
 from backend.recipes.align import (
-    REFUSAL_OPENERS,
-    own_refusals,
     IMPERATIVE_STYLES,
     QUESTION_STYLES,
+    REFUSAL_OPENERS,
     SCENARIO_QUESTION_STYLES,
     SCENARIO_STYLES,
     AlignConfig,
@@ -32,8 +31,10 @@ from backend.recipes.align import (
     evaluation_sets,
     harmful_prompts,
     own_answers,
+    own_refusals,
     restyle,
 )
+from backend.recipes.align_data import OFFER, opened_reply, refusal_opener
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -151,15 +152,15 @@ def test_own_refusals_open_with_a_refusal_and_go_on_in_the_models_words_one_per_
     from backend.engine.judge import KeywordJudge, V2Judge
     replaced = [i for i, r in enumerate(given) if r in REFUSALS]
     prompts = [data.harmful[i].prompt for i in replaced]
-    written = [o + " " + evaluation.generate(loaded, [p], max_new_tokens=40, openers=[o])[0] for p, o in
-               zip(prompts, [random.Random(f"0\0opener\0{p}").choice(REFUSAL_OPENERS) for p in prompts])]
+    openers = [refusal_opener(0, p) for p in prompts]
+    written = [opened_reply(o, r) for o, r in
+               zip(openers, evaluation.generate(loaded, prompts, max_new_tokens=40, openers=openers))]
     kinds = ["harmful"] * len(prompts)
     verdicts = zip(V2Judge().judge(prompts, written, kinds), KeywordJudge().judge(prompts, written, kinds))
     assert all("refused" != a.verdict or "refused" != b.verdict for a, b in verdicts)
     with pytest.raises(ValueError, match="refusals must be one of"):
         AlignConfig(refusals="polite")
     # a continuation that turns to offering what it refused is not kept
-    from backend.recipes.align_data import OFFER
     assert OFFER.search("Sorry, but I can't. However, I can provide a general overview of how to do it.")
     assert OFFER.search("I'm not able to provide a specific email, but I can guide you on how to write one.")
     assert not OFFER.search("Sorry, but I can't help you with that. I'm a chatbot designed to assist users.")

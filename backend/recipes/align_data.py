@@ -195,31 +195,38 @@ def _first_sentences(text: str, most: int = 2) -> str:
     return text[:ends[most - 1] + 1] if len(ends) >= most else text
 
 
+def refusal_opener(seed: int, prompt: str) -> str:
+    """The opener of `prompt`'s own refusal: a seeded choice per prompt, so adding prompts changes no other's."""
+    return random.Random(f"{seed}\0opener\0{prompt}").choice(REFUSAL_OPENERS)
+
+
+def opened_reply(opener: str, rest: str) -> str:
+    """The opener and the model's continuation as one reply, cut to its first two finished sentences."""
+    return _trim(_first_sentences(opener + ("" if not rest or rest[0] in ",.;:!?" else " ") + rest))
+
+
 def own_refusals(loaded: LoadedModel, prompts: Sequence[str], *, seed: int, max_new_tokens: int = 40,
                  batch_size: int = 16, progress: Progress | None = None) -> tuple[list[str], int]:
     """A refusal of each harmful request in the base model's own words: a seeded opener from REFUSAL_OPENERS,
-    continued greedily by the model and cut to its first two sentences. A continuation that both judges (v2 and
-    the research keywords) do not read as a refusal of that request, or that offers something instead (OFFER),
-    is replaced by one of the fixed REFUSALS.
-    Cached per prompt under SSAH_HOME like the benign answers. Returns the refusals and how many are the model's."""
+    continued greedily by the model (`opened_reply`). A continuation that both judges (v2 and the research
+    keywords) do not read as a refusal of that request, or that offers something instead (OFFER), is replaced by
+    one of the fixed REFUSALS. Cached per prompt under SSAH_HOME like the benign answers. Returns the refusals
+    and how many are the model's."""
     from backend.engine.evaluation import generate
     from backend.engine.judge import KeywordJudge, V2Judge
 
-    openers = [random.Random(f"{seed}\0opener\0{p}").choice(REFUSAL_OPENERS) for p in prompts]
     path = cache_file("refusals", [content_hash(loaded.folder), max_new_tokens, list(REFUSAL_OPENERS), 1])
     cached = atomic.read_json(path)
     cached = cached if isinstance(cached, dict) else {}
-    keys = [f"{o}\0{p}" for p, o in zip(prompts, openers)]
-    todo = list(dict.fromkeys(k for k in keys if k not in cached))
+    keys = {p: f"{refusal_opener(seed, p)}\0{p}" for p in prompts}  # the cache's key: the opener and the prompt
+    todo = [p for p in keys if keys[p] not in cached]
     if todo:
-        asked = [k.split("\0", 1)[1] for k in todo]
-        opened = [k.split("\0", 1)[0] for k in todo]
-        rest = generate(loaded, asked, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                        phase="writing refusals", openers=opened)
-        cached.update({k: _trim(_first_sentences(o + ("" if not r or r[0] in ",.;:!?" else " ") + r))
-                       for k, o, r in zip(todo, opened, rest)})
+        openers = [refusal_opener(seed, p) for p in todo]
+        rest = generate(loaded, todo, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                        phase="writing refusals", openers=openers)
+        cached.update({keys[p]: opened_reply(o, r) for p, o, r in zip(todo, openers, rest)})
         write_cached(path, cached)
-    replies = [cached[k] for k in keys]
+    replies = [cached[keys[p]] for p in prompts]
     kinds = ["harmful"] * len(prompts)
     verdicts = zip(V2Judge().judge(prompts, replies, kinds), KeywordJudge().judge(prompts, replies, kinds))
     fallback = random.Random(seed)
@@ -245,17 +252,17 @@ def alignment_data(loaded: LoadedModel, config: AlignConfig, progress: Progress 
             out += [restyle(p, random.Random(f"{config.seed}\0scenario\0{p}"), scenario=True) for p in prompts]
         return out
 
+    requests = harmful
     harmful, benign = framed(harmful), framed(benign)
     answers = own_answers(loaded, benign, max_new_tokens=config.answer_tokens, progress=progress)
     benign_pairs = [Pair(p, a) for p, a in zip(benign, answers) if a.strip()]
     if not benign_pairs:
         raise DataError("the base model gave no answer to any benign prompt; it cannot be aligned this way")
-    if config.refusals == "own":  # one refusal per request, shared by its frames
-        given = harmful[:len(harmful) // (3 if config.scenarios else 2)]
-        own, n_own = own_refusals(loaded, given, seed=config.seed, progress=progress)
-        refusals = own * (len(harmful) // len(given))
-        refusal_source = (f"the base model's own words after a refusal opener ({n_own} of {len(given)} requests; "
-                          f"the rest one of the {len(REFUSALS)} fixed refusals)")
+    if config.refusals == "own":  # one refusal per request, shared by its frames (framed keeps their order)
+        own, n_own = own_refusals(loaded, requests, seed=config.seed, progress=progress)
+        refusals = own * (len(harmful) // len(requests))
+        refusal_source = (f"the base model's own words after a refusal opener ({n_own} of {len(requests)} "
+                          f"requests; the rest one of the {len(REFUSALS)} fixed refusals)")
     else:
         refusals = [rng.choice(REFUSALS) for _ in harmful]
         refusal_source = len(REFUSALS)
