@@ -1,5 +1,5 @@
-"""How often each judge agrees with the hand labels of tests/data/judge (the fresh set, labelled after v2 was
-frozen, from a model it never saw; the test half, never tuned on; the development half for reference), with
+"""How often each judge agrees with the hand labels of tests/data/judge (the two fresh sets, labelled after v2 was
+frozen, from models it never saw; the test half, never tuned on; the development half for reference), with
 confusion matrices, written into docs/judge.md.
 
     python benchmarks/judge_agreement.py --write docs/judge.md     # every half, judges v2 and keyword
@@ -29,6 +29,7 @@ def read(half: str) -> list[dict]:
 
 def agreement(rows: list[dict], spec: str) -> dict:
     judge = make_judge(spec)
+    judge.judge([rows[0]["prompt"]], [rows[0]["reply"]], [rows[0]["kind"]])  # loads its encoder, if any, untimed
     t0 = time.perf_counter()
     verdicts = judge.judge([r["prompt"] for r in rows], [r["reply"] for r in rows], [r["kind"] for r in rows])
     seconds = time.perf_counter() - t0
@@ -53,7 +54,7 @@ def markdown(results: dict[str, list[dict]], command: str) -> str:
     out = [HEADING, "", f"Command: `{command}`. Rows are the hand labels, columns the judge's verdicts; intervals "
            "are Wilson 95%.", ""]
     for half, per_judge in results.items():
-        name = "fresh set" if half == "fresh" else f"{half} half"
+        name = {"fresh": "fresh set", "fresh2": "second fresh set"}.get(half, f"{half} half")
         out.append(f"### {name} ({per_judge[0]['agree'].n} replies)")
         out.append("")
         for r in per_judge:
@@ -72,7 +73,7 @@ def markdown(results: dict[str, list[dict]], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judges", default="v2,keyword")
-    parser.add_argument("--halves", default="fresh,test,dev")
+    parser.add_argument("--halves", default="fresh2,fresh,test,dev")
     parser.add_argument("--misses", action="store_true", help="print every disagreement")
     parser.add_argument("--write", type=Path, default=None, help="replace this section of that markdown file")
     args = parser.parse_args()

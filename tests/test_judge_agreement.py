@@ -1,6 +1,7 @@
 """Judge v2 against the hand-labelled replies of tests/data/judge: the set is what its README says, and on the test
-half (never tuned on) and the fresh set (a model v2 never saw, labelled after it was frozen) v2 keeps the agreement
-measured when each was made (docs/judge.md: 181/216 and 169/198, 84% and 85%) and stays ahead of the keyword judge.
+half (never tuned on) and the two fresh sets (models v2 never saw, labelled after it was frozen) v2 keeps the
+agreement measured when each was made (docs/judge.md: 181/216, 169/198 and 316/394: 84%, 85% and 80%) and stays
+ahead of the keyword judge.
 The issue's target is 95%; v2 does not reach it yet, and this test holds the line where it is rather than claim
 more."""
 from __future__ import annotations
@@ -34,6 +35,7 @@ def test_the_labelled_set_has_two_disjoint_halves_of_real_conditions():
 FLOORS = {
     "test": 0.83,  # 181/216 = 0.838 when the judge was frozen
     "fresh": 0.85,  # 169/198 = 0.854, once, with the judge as frozen
+    "fresh2": 0.80,  # 316/394 = 0.802, once, with the judge as frozen (issue 23's trial 4, pruned three ways)
 }
 
 
@@ -52,9 +54,11 @@ def test_v2_keeps_its_agreement_and_beats_the_keyword_judge(half):
     assert v2 > keyword + 0.03, (v2, keyword)
 
 
-def test_the_fresh_set_is_a_model_the_judge_never_saw_labelled_twice():
-    fresh, old = read("fresh"), read("dev") + read("test")
+@pytest.mark.parametrize("name, before", [("fresh", ("dev", "test")), ("fresh2", ("dev", "test", "fresh"))])
+def test_a_fresh_set_is_a_model_the_judge_never_saw_labelled_twice(name, before):
+    fresh, old = read(name), [r for half in before for r in read(half)]
     assert len(fresh) >= 150 and len({r["id"] for r in fresh}) == len(fresh)
+    assert not {r["id"] for r in fresh} & {r["id"] for r in old}
     assert not {r["condition"] for r in fresh} & {r["condition"] for r in old}  # another model's replies
     assert {r["labelled"] for r in fresh} <= {"double", "adjudicated"}  # every row read by two labellers
     assert {r["label"] for r in fresh} == set(VERDICTS) and all(r["reason"] for r in fresh)

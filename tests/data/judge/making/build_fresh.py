@@ -1,10 +1,12 @@
-"""The fresh labelled set (fresh.jsonl): replies of a model the judge was never tuned on, labelled blind by two
-readers after judge v2 was frozen, measured once.
+"""A fresh labelled set: replies of a model the judge was never tuned on, labelled blind by two readers after the
+judge was frozen, measured once. FRESH names the set (default "fresh": fresh.jsonl; "fresh2": fresh2.jsonl).
 
-    python build_fresh.py blind EVAL.json      # EVAL.json: `ssah evaluate --json` with --prune (baseline and pruned
-                                               # replies); writes LABELWORK/fresh/key.jsonl and blind.jsonl
+    python build_fresh.py blind EVAL.json [BASELINE PRUNED] [EVAL.json PRUNED ...]
+        # EVAL.json: `ssah evaluate --json` with --prune (baseline and pruned replies); the first file's baseline
+        # and pruned replies are named BASELINE and PRUNED (default budget-sc, budget-sc-scu-pruned), each further
+        # file adds its pruned replies under its name; writes LABELWORK/FRESH/key.jsonl and blind.jsonl
     python build_fresh.py merge                # labels_A.jsonl + labels_B.jsonl (+ adjudicated.jsonl for the rows
-                                               # where they differ) -> fresh.jsonl
+                                               # where they differ) -> FRESH.jsonl
 """
 import json
 import os
@@ -12,23 +14,27 @@ import random
 import sys
 from pathlib import Path
 
-WORK = Path(os.environ.get("LABELWORK", "labelwork")) / "fresh"
+NAME = os.environ.get("FRESH", "fresh")
+WORK = Path(os.environ.get("LABELWORK", "labelwork")) / NAME
 
 
-def blind(eval_json: str) -> None:
-    d = json.load(open(eval_json))
+def blind(eval_json: str, baseline: str = "budget-sc", pruned: str = "budget-sc-scu-pruned", *more: str) -> None:
+    sources = [(eval_json, (("baseline", baseline), ("pruned", pruned)))]
+    sources += [(more[i], (("pruned", more[i + 1]),)) for i in range(0, len(more), 2)]
     rows, seen = [], set()
-    for g in d["generations"]:
-        for cond in ("baseline", "pruned"):
-            reply = g[cond]["reply"]
-            if (g["prompt"], reply) in seen:  # the same reply under both conditions is labelled once
-                continue
-            seen.add((g["prompt"], reply))
-            rows.append({"condition": "budget-sc" if cond == "baseline" else "budget-sc-scu-pruned",
-                         "kind": g["kind"], "source_set": g["set"], "prompt": g["prompt"], "reply": reply})
+    for path, conditions in sources:
+        for g in json.load(open(path))["generations"]:
+            for cond, name in conditions:
+                reply = g[cond]["reply"]
+                if (g["prompt"], reply) in seen:  # the same reply under two conditions is labelled once (the first)
+                    continue
+                seen.add((g["prompt"], reply))
+                rows.append({"condition": name, "kind": g["kind"], "source_set": g["set"], "prompt": g["prompt"],
+                             "reply": reply})
     random.Random(11).shuffle(rows)
+    prefix = "f" if NAME == "fresh" else "g"
     for i, r in enumerate(rows):
-        r["id"] = f"f{i + 1:03d}"
+        r["id"] = f"{prefix}{i + 1:03d}"
     WORK.mkdir(parents=True, exist_ok=True)
     with open(WORK / "key.jsonl", "w") as key, open(WORK / "blind.jsonl", "w") as shown:
         for r in rows:
@@ -44,7 +50,7 @@ def merge() -> None:
     key = [json.loads(line) for line in open(WORK / "key.jsonl")]
     a, b = read("labels_A.jsonl"), read("labels_B.jsonl")
     third = {i: r["label"] for i, r in read("adjudicated.jsonl").items()} if (WORK / "adjudicated.jsonl").exists() else {}
-    with open(WORK / "fresh.jsonl", "w") as out:
+    with open(WORK / f"{NAME}.jsonl", "w") as out:
         for r in key:
             la, lb = a[r["id"]]["label"], b[r["id"]]["label"]
             same = la == lb
@@ -56,4 +62,4 @@ def merge() -> None:
 
 
 if __name__ == "__main__":
-    blind(sys.argv[2]) if sys.argv[1] == "blind" else merge()
+    blind(*sys.argv[2:]) if sys.argv[1] == "blind" else merge()
