@@ -32,7 +32,7 @@ def blind(eval_json: str, baseline: str = "budget-sc", pruned: str = "budget-sc-
                 rows.append({"condition": name, "kind": g["kind"], "source_set": g["set"], "prompt": g["prompt"],
                              "reply": reply})
     random.Random(11).shuffle(rows)
-    prefix = "f" if NAME == "fresh" else "g"
+    prefix = {"fresh": "f", "fresh2": "g"}.get(NAME, f"{NAME}-")  # ids unique across the sets
     for i, r in enumerate(rows):
         r["id"] = f"{prefix}{i + 1:03d}"
     WORK.mkdir(parents=True, exist_ok=True)
