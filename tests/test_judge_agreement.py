@@ -45,6 +45,7 @@ def agreement(judge, rows: list[dict]) -> tuple[float, list]:
     return 1 - len(misses) / len(rows), misses
 
 
+@pytest.mark.slow  # the sentence encoder over up to 585 replies: 2-6 s a set
 @pytest.mark.parametrize("half", FLOORS)
 def test_v2_keeps_its_agreement_and_beats_the_keyword_judge(half):
     rows = read(half)
